@@ -1,0 +1,314 @@
+"""Runtime-agnostic inference for Hugging Face model folders.
+
+Why a separate class: the same load/validate/predict logic runs inside a Ray Serve
+replica today and a Triton python-backend model later.  Keeping it free of any
+serving framework means each runtime is a thin adapter, and request validation
+(and therefore the 422-vs-500 split) is identical everywhere.
+
+Contract:
+
+* ``TransformersPredictor(model_dir, task, device)`` loads strictly from local files
+  (``local_files_only=True``); it never touches the network.
+* ``predict(inputs, parameters)`` takes a string or a list of strings and returns
+  plain JSON types (dict/list/str/int/float/bool).  A string input gives one result,
+  a list gives a list of results in the same order.
+* Client mistakes raise :class:`~modelium.runtimes.errors.BadRequestError`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from modelium.runtimes.errors import BadRequestError
+
+# Belt and braces: local_files_only already avoids the Hub, but some code paths
+# (e.g. optional remote-code lookups) only honour the environment variable.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from transformers import (  # noqa: E402
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoModelForSeq2SeqLM,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    AutoTokenizer,
+    pipeline,
+)
+
+JSONValue = Any  # dict | list | str | int | float | bool | None, recursively
+
+MAX_NEW_TOKENS_CAP = 4096
+DEFAULT_MAX_NEW_TOKENS = 32
+TOP_K_CAP = 1000
+
+# task -> model class used to load it.  text2text-generation is here even though
+# transformers 5 dropped its pipeline: we drive generate() ourselves for it.
+_MODEL_CLASSES: dict[str, type] = {
+    "text-generation": AutoModelForCausalLM,
+    "fill-mask": AutoModelForMaskedLM,
+    "text-classification": AutoModelForSequenceClassification,
+    "token-classification": AutoModelForTokenClassification,
+    "feature-extraction": AutoModel,
+    "text2text-generation": AutoModelForSeq2SeqLM,
+}
+_NO_PIPELINE_TASKS = frozenset({"text2text-generation"})
+
+
+def supported_tasks() -> list[str]:
+    """Tasks this predictor can serve, sorted (used by discovery to pick a runtime)."""
+    return sorted(_MODEL_CLASSES)
+
+
+# --------------------------------------------------------------------------- parameter validation
+
+Validator = Callable[[str, Any], Any]
+
+
+def _int_param(lo: int, hi: int) -> Validator:
+    def check(name: str, value: Any) -> int:
+        # bool is an int subclass; `true` for a token count is a client bug, not 1.
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise BadRequestError(f"parameter {name!r} must be an integer, got {type(value).__name__}")
+        if not lo <= value <= hi:
+            raise BadRequestError(f"parameter {name!r} must be between {lo} and {hi}, got {value}")
+        return value
+
+    return check
+
+
+def _float_param(lo: float, hi: float, *, lo_inclusive: bool) -> Validator:
+    def check(name: str, value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise BadRequestError(f"parameter {name!r} must be a number, got {type(value).__name__}")
+        value = float(value)
+        too_low = value < lo if lo_inclusive else value <= lo
+        if math.isnan(value) or too_low or value > hi:
+            bracket = "[" if lo_inclusive else "("
+            raise BadRequestError(f"parameter {name!r} must be in {bracket}{lo}, {hi}], got {value}")
+        return value
+
+    return check
+
+
+def _bool_param(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise BadRequestError(f"parameter {name!r} must be a boolean, got {type(value).__name__}")
+    return value
+
+
+def _choice_param(*choices: str) -> Validator:
+    def check(name: str, value: Any) -> str:
+        if not isinstance(value, str) or value not in choices:
+            raise BadRequestError(f"parameter {name!r} must be one of {list(choices)}, got {value!r}")
+        return value
+
+    return check
+
+
+_GENERATION_PARAMS: dict[str, Validator] = {
+    "max_new_tokens": _int_param(1, MAX_NEW_TOKENS_CAP),
+    "temperature": _float_param(0.0, 100.0, lo_inclusive=False),
+    "top_p": _float_param(0.0, 1.0, lo_inclusive=False),
+    "do_sample": _bool_param,
+}
+
+# Per task: accepted parameter names and how to validate each.  Anything else is a 422.
+_PARAMETER_SPECS: dict[str, dict[str, Validator]] = {
+    "text-generation": {**_GENERATION_PARAMS, "return_full_text": _bool_param},
+    "text2text-generation": dict(_GENERATION_PARAMS),
+    "fill-mask": {"top_k": _int_param(1, TOP_K_CAP)},
+    "text-classification": {"top_k": _int_param(1, TOP_K_CAP)},
+    "token-classification": {"aggregation_strategy": _choice_param("none", "simple", "first", "average", "max")},
+    "feature-extraction": {"pooling": _choice_param("mean", "cls", "none")},
+}
+
+
+def _validate_parameters(task: str, parameters: Mapping[str, Any] | None) -> dict[str, Any]:
+    if parameters is None:
+        return {}
+    if not isinstance(parameters, Mapping):
+        raise BadRequestError(f"parameters must be an object, got {type(parameters).__name__}")
+    spec = _PARAMETER_SPECS[task]
+    unknown = sorted(set(parameters) - set(spec))
+    if unknown:
+        raise BadRequestError(f"unknown parameter(s) for {task}: {unknown}; accepted: {sorted(spec)}")
+    return {name: spec[name](name, value) for name, value in parameters.items()}
+
+
+def _validate_inputs(inputs: Any) -> tuple[list[str], bool]:
+    """Return (texts, was_single) so results can be unwrapped to match the input shape."""
+    if isinstance(inputs, str):
+        return [inputs], True
+    if isinstance(inputs, list) and inputs and all(isinstance(x, str) for x in inputs):
+        return list(inputs), False
+    raise BadRequestError("inputs must be a string or a non-empty list of strings")
+
+
+def _to_jsonable(value: Any) -> JSONValue:
+    """Recursively turn numpy/torch scalars and arrays into plain Python values."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().tolist()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Mapping):
+        return {str(k): _to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_jsonable(v) for v in value]
+    return value
+
+
+# --------------------------------------------------------------------------- predictor
+
+
+class TransformersPredictor:
+    """Load one local model folder for one task and answer requests for it.
+
+    Thread-safe: Ray Serve may run several requests of one replica concurrently and
+    neither pipelines nor ``generate`` are safe to share across threads, so calls
+    are serialised with a lock (batching belongs to the serving layer).
+    """
+
+    def __init__(self, model_dir: str, task: str, device: str = "cpu") -> None:
+        if task not in _MODEL_CLASSES:
+            raise ValueError(f"unsupported task {task!r}; supported: {supported_tasks()}")
+        path = Path(model_dir)
+        if not path.is_dir():
+            # Refuse hub ids outright: a name that is not a folder would mean a download.
+            raise ValueError(f"model_dir {model_dir!r} is not a local directory")
+        try:
+            self.device = torch.device(device)
+        except RuntimeError as exc:
+            raise ValueError(f"invalid device {device!r}: {exc}") from exc
+
+        self.model_dir = str(path)
+        self.task = task
+        self._lock = threading.Lock()
+        self._tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
+        self._model = _MODEL_CLASSES[task].from_pretrained(self.model_dir, local_files_only=True)
+        self._model.to(self.device).eval()
+        self._pipeline = None
+        if task not in _NO_PIPELINE_TASKS:
+            self._pipeline = pipeline(task, model=self._model, tokenizer=self._tokenizer, device=self.device)
+
+    def __repr__(self) -> str:
+        return f"TransformersPredictor(model_dir={self.model_dir!r}, task={self.task!r}, device={str(self.device)!r})"
+
+    def predict(self, inputs: str | list[str], parameters: dict[str, Any] | None = None) -> JSONValue:
+        """Run the task; see the module docstring and ``_predict_*`` for output shapes."""
+        texts, single = _validate_inputs(inputs)
+        params = _validate_parameters(self.task, parameters)
+        handler = {
+            "text-generation": self._predict_text_generation,
+            "text2text-generation": self._predict_text2text,
+            "fill-mask": self._predict_fill_mask,
+            "text-classification": self._predict_text_classification,
+            "token-classification": self._predict_token_classification,
+            "feature-extraction": self._predict_feature_extraction,
+        }[self.task]
+        with self._lock, torch.inference_mode():
+            # One call per input: pipelines unwrap single-element lists inconsistently
+            # across tasks, and per-input calls keep every output shape predictable.
+            results = [_to_jsonable(handler(text, params)) for text in texts]
+        return results[0] if single else results
+
+    # ---- generation ------------------------------------------------------------------
+
+    def _generate_kwargs(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Greedy by default (reproducible); passing temperature/top_p implies sampling."""
+        kwargs: dict[str, Any] = {"max_new_tokens": params.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)}
+        wants_sampling = "temperature" in params or "top_p" in params
+        kwargs["do_sample"] = params.get("do_sample", wants_sampling)
+        if kwargs["do_sample"]:
+            for name in ("temperature", "top_p"):
+                if name in params:
+                    kwargs[name] = params[name]
+        if self._tokenizer.pad_token_id is not None:
+            kwargs["pad_token_id"] = self._tokenizer.pad_token_id
+        return kwargs
+
+    def _finish(self, new_ids: list[int], max_new_tokens: int) -> dict[str, Any]:
+        eos = self._model.generation_config.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
+        stopped = bool(new_ids) and new_ids[-1] in eos_ids
+        return {
+            "generated_text": self._tokenizer.decode(new_ids, skip_special_tokens=True),
+            "num_generated_tokens": len(new_ids),
+            "finish_reason": "stop" if stopped or len(new_ids) < max_new_tokens else "length",
+        }
+
+    def _predict_text_generation(self, text: str, params: dict[str, Any]) -> dict[str, Any]:
+        """-> {"generated_text": str, "num_generated_tokens": int, "finish_reason": "stop"|"length"}."""
+        kwargs = self._generate_kwargs(params)
+        # Tokenize exactly as the pipeline will (we pass add_special_tokens to it too), so
+        # we know where the prompt ends in the returned ids.  True keeps e.g. Llama's BOS,
+        # which is what such models were trained with.
+        prompt_ids = self._tokenizer(text, add_special_tokens=True)["input_ids"]
+        limit = getattr(self._model.config, "max_position_embeddings", None)
+        if limit and len(prompt_ids) + kwargs["max_new_tokens"] > limit:
+            raise BadRequestError(
+                f"prompt ({len(prompt_ids)} tokens) + max_new_tokens ({kwargs['max_new_tokens']}) "
+                f"exceeds the model context of {limit} tokens"
+            )
+        # return_tensors gives token ids, so token counts are exact rather than
+        # estimated by re-tokenizing decoded text.
+        [out] = self._pipeline(text, return_tensors=True, add_special_tokens=True, **kwargs)
+        new_ids = list(out["generated_token_ids"])[len(prompt_ids) :]
+        result = self._finish(new_ids, kwargs["max_new_tokens"])
+        if params.get("return_full_text", False):
+            result["generated_text"] = text + result["generated_text"]
+        return result
+
+    def _predict_text2text(self, text: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Same shape as text-generation (transformers 5 has no text2text pipeline)."""
+        kwargs = self._generate_kwargs(params)
+        encoded = self._tokenizer(text, return_tensors="pt", truncation=True).to(self.device)
+        sequence = self._model.generate(**encoded, **kwargs)[0].tolist()
+        # Encoder-decoder output starts with the decoder start token, which is not generated.
+        return self._finish(sequence[1:], kwargs["max_new_tokens"])
+
+    # ---- encoder tasks ---------------------------------------------------------------
+
+    def _predict_fill_mask(self, text: str, params: dict[str, Any]) -> list[Any]:
+        """-> [{"token": int, "token_str": str, "score": float, "sequence": str}, ...] best first.
+
+        With several mask tokens in one input the pipeline returns one such list per
+        mask, i.e. a list of lists.
+        """
+        mask = self._tokenizer.mask_token
+        if mask is None or mask not in text:
+            raise BadRequestError(f"fill-mask input must contain the mask token {mask!r}")
+        top_k = min(params.get("top_k", 5), len(self._tokenizer))
+        return self._pipeline(text, top_k=top_k)
+
+    def _predict_text_classification(self, text: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """-> [{"label": str, "score": float}, ...] best first; length top_k (default 1)."""
+        top_k = min(params.get("top_k", 1), self._model.config.num_labels)
+        result = self._pipeline(text, top_k=top_k, truncation=True)
+        return [result] if isinstance(result, dict) else result
+
+    def _predict_token_classification(self, text: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """-> [{"entity"|"entity_group": str, "score": float, "word": str, "start": int, "end": int}, ...]."""
+        return self._pipeline(text, aggregation_strategy=params.get("aggregation_strategy", "none"))
+
+    def _predict_feature_extraction(self, text: str, params: dict[str, Any]) -> list[Any]:
+        """-> list[float] (hidden size) for mean/cls pooling, list[list[float]] per token for "none".
+
+        Mean pooling covers every token including [CLS]/[SEP]; with one input per
+        call there is no padding to mask out.
+        """
+        hidden = self._pipeline(text, truncation=True, return_tensors=True)[0]  # (tokens, hidden)
+        pooling = params.get("pooling", "mean")
+        if pooling == "none":
+            return hidden.tolist()
+        pooled = hidden[0] if pooling == "cls" else hidden.mean(dim=0)
+        return pooled.tolist()
