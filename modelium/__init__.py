@@ -1,0 +1,3 @@
+"""Modelium: a drop-folder model orchestrator."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""The `modelium` command line (typer)."""

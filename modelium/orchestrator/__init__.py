@@ -1,0 +1,24 @@
+"""The model table, its state machine, drop handling and the control loop."""
+
+from modelium.orchestrator.drops import DropHandler
+from modelium.orchestrator.errors import (
+    ModelFailedError,
+    NoCapacityError,
+    NotReadyError,
+    OrchestratorError,
+    UnknownModelError,
+)
+from modelium.orchestrator.orchestrator import Orchestrator
+from modelium.orchestrator.records import ModelRecord, ModelState
+
+__all__ = [
+    "DropHandler",
+    "ModelFailedError",
+    "ModelRecord",
+    "ModelState",
+    "NoCapacityError",
+    "NotReadyError",
+    "Orchestrator",
+    "OrchestratorError",
+    "UnknownModelError",
+]

@@ -1,0 +1,3 @@
+from modelium.cli.main import main
+
+main()

@@ -1,0 +1,117 @@
+"""Choosing a runtime for a profiled model (architecture.md, "Runtime choice").
+
+Only runtimes that are both enabled in the config and implemented in this build are
+considered, so a config naming vLLM before its manager exists degrades to Ray Serve with a
+reason saying so instead of failing at load time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from modelium.analysis.profile import FORMAT_ONNX, FORMAT_TRITON, ModelProfile
+from modelium.brain.decisions import (
+    RUNTIME_RAY_SERVE,
+    RUNTIME_TRITON,
+    RUNTIME_VLLM,
+    RuntimeChoice,
+)
+
+TRITON_NATIVE_FORMATS = (FORMAT_ONNX, FORMAT_TRITON)
+
+
+def _describe(profile: ModelProfile) -> str:
+    """'text-generation model LlamaForCausalLM' — the facts every reason starts with."""
+    what = profile.architecture or profile.model_type or "of unknown architecture"
+    return f"{profile.task} model {what}"
+
+
+def _why_unusable(runtime: str, enabled: Collection[str], implemented: Collection[str]) -> str:
+    if runtime not in enabled:
+        return f"{runtime} is not enabled"
+    if runtime not in implemented:
+        return f"{runtime} is not implemented yet"
+    return f"{runtime} is usable"
+
+
+def choose_runtime(
+    profile: ModelProfile,
+    *,
+    enabled: Collection[str],
+    implemented: Collection[str] = (RUNTIME_RAY_SERVE,),
+    override: str = "auto",
+    vllm_architectures: Collection[str] | None = None,
+) -> RuntimeChoice:
+    """Apply the ordered rules: override, Triton-native formats, causal LMs, other HF models."""
+    usable = {r for r in enabled if r in implemented}
+    about = _describe(profile)
+
+    if override != "auto":
+        if override in usable:
+            return RuntimeChoice(
+                override, f"{about} -> {override}: set by models.{profile.name}.runtime", "override"
+            )
+        why = _why_unusable(override, enabled, implemented)
+        return RuntimeChoice(
+            None,
+            f"{about}: models.{profile.name}.runtime is {override!r} but {why}",
+            "no-runtime",
+        )
+
+    if profile.format in TRITON_NATIVE_FORMATS:
+        if RUNTIME_TRITON in usable:
+            return RuntimeChoice(
+                RUNTIME_TRITON,
+                f"{profile.format} {about} -> triton: Triton serves this format natively",
+                "triton-native",
+            )
+        why = _why_unusable(RUNTIME_TRITON, enabled, implemented)
+        return RuntimeChoice(
+            None,
+            f"{profile.format} {about} needs triton but {why}; "
+            "Ray Serve runs transformers and cannot serve ONNX/Triton-native models",
+            "no-runtime",
+        )
+
+    if profile.is_causal_lm:
+        if RUNTIME_VLLM in usable:
+            if vllm_architectures is None or profile.architecture in vllm_architectures:
+                return RuntimeChoice(
+                    RUNTIME_VLLM,
+                    f"{about} -> vllm: causal LMs prefer vLLM and it is enabled",
+                    "causal-lm-vllm",
+                )
+            why_not = f"architecture {profile.architecture} is not served by vLLM"
+        else:
+            why_not = _why_unusable(RUNTIME_VLLM, enabled, implemented)
+        if RUNTIME_RAY_SERVE in usable:
+            return RuntimeChoice(
+                RUNTIME_RAY_SERVE,
+                f"{about} -> ray_serve: {why_not}, Ray Serve runs transformers",
+                "causal-lm-fallback",
+            )
+        return RuntimeChoice(
+            None,
+            f"{about}: {why_not} and "
+            f"{_why_unusable(RUNTIME_RAY_SERVE, enabled, implemented)}",
+            "no-runtime",
+        )
+
+    if RUNTIME_TRITON in usable:
+        return RuntimeChoice(
+            RUNTIME_TRITON,
+            f"{about} -> triton: Triton's python backend runs transformers for non-causal models",
+            "hf-model-triton",
+        )
+    why_not = _why_unusable(RUNTIME_TRITON, enabled, implemented)
+    if RUNTIME_RAY_SERVE in usable:
+        return RuntimeChoice(
+            RUNTIME_RAY_SERVE,
+            f"{about} -> ray_serve: {why_not}, Ray Serve runs transformers",
+            "hf-model-fallback",
+        )
+    return RuntimeChoice(
+        None,
+        f"{about}: {why_not} and {_why_unusable(RUNTIME_RAY_SERVE, enabled, implemented)}",
+        "no-runtime",
+    )

@@ -1,0 +1,89 @@
+"""`modelium analyze`: what the daemon would do with a folder, computed without a daemon.
+
+Uses the same analyzer, brain and inventory code as the daemon, so the answer is the
+daemon's answer (minus what other models already occupy).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from modelium.analysis import analyze_folder, estimate_memory
+from modelium.brain import choose_runtime, place
+from modelium.config import ModeliumSettings, ModelOverride
+from modelium.discovery import sanitize_model_name
+from modelium.hardware import detect_inventory
+
+IMPLEMENTED_RUNTIMES = ("ray_serve",)
+GIB = 1024**3
+
+
+def analysis_report(path: Path, settings: ModeliumSettings) -> dict[str, Any]:
+    """Profile + runtime choice + memory estimate + placement, as one JSON-able dict.
+
+    Raises InvalidModelError (with the reason) for folders that cannot be served.
+    """
+    name = sanitize_model_name(path.resolve().name)
+    profile = analyze_folder(path, name)
+    override = settings.models.get(name) or ModelOverride()
+    enabled = [r for r, on in (("ray_serve", settings.ray.enabled), ("vllm", settings.vllm.enabled),
+                               ("triton", settings.triton.enabled)) if on]
+    choice = choose_runtime(profile, enabled=enabled, implemented=IMPLEMENTED_RUNTIMES,
+                            override=override.runtime)
+    inventory = detect_inventory(settings.gpus)
+    memory = estimate_memory(
+        profile,
+        device_kind="gpu" if inventory.has_gpu else "cpu",
+        batch_size=override.batch_size,
+        sequence_length=override.max_sequence_length,
+    )
+    placement = place(
+        memory.total_bytes,
+        inventory,
+        {},
+        max_utilization=settings.orchestration.max_gpu_memory_utilization,
+        strategy=settings.orchestration.placement,
+        pinned_device=f"gpu:{override.gpu}" if override.gpu is not None else None,
+    )
+    report = profile.to_dict()
+    report.update(
+        runtime=choice.runtime,
+        reason=choice.reason,
+        memory=memory.to_dict(),
+        placement={
+            "fits": placement.device is not None,
+            "device": placement.device.id if placement.device else None,
+            "reason": placement.reason,
+            "inventory_source": inventory.source,
+            "devices": [d.to_dict() for d in inventory.devices],
+        },
+    )
+    return report
+
+
+def render_report(report: dict[str, Any]) -> str:
+    memory = report["memory"]
+    lines = [
+        f"model         {report['name']}  ({report['path']})",
+        f"format        {report['format']}",
+        f"architecture  {report['architecture']}  (model_type {report['model_type']})",
+        f"task          {report['task']}",
+        f"parameters    {report['parameters']:,}  (from {report['parameters_source']})",
+        f"dtype         {report['dtype']}",
+        f"weights       {report['weight_bytes'] / GIB:.3f} GiB",
+        f"context       {report['context_length']} tokens, KV cache {report['kv_bytes_per_token']:,} B/token",
+        f"runtime       {report['runtime'] or 'none'}",
+        f"  why         {report['reason']}",
+        f"memory        {memory['total_bytes'] / GIB:.3f} GiB on {memory['device_kind']} "
+        f"(batch {memory['batch_size']} x {memory['sequence_length']} tokens)",
+    ]
+    for item in ("weights_bytes", "kv_cache_bytes", "activation_bytes", "runtime_overhead_bytes"):
+        lines.append(f"  {item.removesuffix('_bytes'):<18} {memory[item] / GIB:.3f} GiB")
+    placement = report["placement"]
+    verdict = f"fits on {placement['device']}" if placement["fits"] else "does not fit"
+    lines.append(f"placement     {verdict} ({placement['inventory_source']} inventory)")
+    lines.append(f"  why         {placement['reason']}")
+    for warning in report.get("warnings") or []:
+        lines.append(f"warning       {warning}")
+    return "\n".join(lines)

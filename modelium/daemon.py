@@ -1,0 +1,156 @@
+"""`modelium serve`: wire the components together and run until SIGTERM/SIGINT.
+
+Start order: gateway first (so /health answers "starting" at once), then runtimes and the
+repository, then the drop watcher and the control loop. Stop order is the reverse, and
+every runtime process is stopped before the daemon exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Iterator
+
+import uvicorn
+
+from modelium.config import ModeliumSettings
+from modelium.discovery import DropWatcher
+from modelium.gateway import create_app
+from modelium.hardware import MemoryLedger, detect_inventory, gpu_memory_usage
+from modelium.metrics import ModeliumMetrics
+from modelium.orchestrator import DropHandler, Orchestrator
+from modelium.runtimes.base import RuntimeManager
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_TIMEOUT_SECONDS = 60
+
+
+class _GatewayServer(uvicorn.Server):
+    """uvicorn without its own signal handling: the daemon decides when to stop, and
+    uvicorn's habit of re-raising the signal after shutdown would kill us before the
+    runtimes are stopped."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def build_managers(settings: ModeliumSettings) -> dict[str, RuntimeManager]:
+    """One manager per enabled runtime that Modelium implements."""
+    managers: dict[str, RuntimeManager] = {}
+    if settings.ray.enabled:
+        from modelium.runtimes.ray_serve import RayServeManager  # imports ray: slow
+
+        ray = settings.ray
+        managers["ray_serve"] = RayServeManager(
+            address=ray.address,
+            http_port=ray.http_port,
+            gcs_port=ray.gcs_port,
+            num_cpus=ray.num_cpus,
+            temp_dir=ray.temp_dir,
+            start_timeout_seconds=ray.start_timeout_seconds,
+        )
+    for runtime, enabled in (("vllm", settings.vllm.enabled), ("triton", settings.triton.enabled)):
+        if enabled:
+            log.warning("%s is enabled in the config but has no manager yet; ignored", runtime)
+    return managers
+
+
+class Daemon:
+    def __init__(self, settings: ModeliumSettings) -> None:
+        self.settings = settings
+        self._stop = asyncio.Event()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> int:
+        """Serve until asked to stop; return the process exit code."""
+        settings = self.settings
+        for folder in (settings.incoming_dir, settings.model_repository, settings.failed_dir,
+                       settings.state_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        inventory = detect_inventory(settings.gpus)
+        metrics = ModeliumMetrics(
+            qps_window_seconds=settings.metrics.qps_window_seconds,
+            gpu_memory_source=gpu_memory_usage if inventory.source == "nvml" else None,
+        )
+        orchestrator = Orchestrator(settings, build_managers(settings), inventory,
+                                    MemoryLedger(), metrics)
+        log.info("devices: %s", ", ".join(f"{d.id} ({d.name}, {d.total_bytes / 2**30:.1f} GiB)"
+                                           for d in inventory.devices))
+
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.request_stop)
+
+        if settings.metrics.enabled and settings.metrics.port is not None:
+            metrics.start_http_server(settings.metrics.host, settings.metrics.port)
+        server = _GatewayServer(uvicorn.Config(
+            create_app(orchestrator, metrics), host=settings.gateway.host,
+            port=settings.gateway.port, log_config=None, access_log=False,
+        ))
+        server_task = asyncio.create_task(self._serve_gateway(server), name="gateway")
+        watcher = DropWatcher(
+            settings.incoming_dir,
+            DropHandler(orchestrator),
+            settle_seconds=settings.discovery.settle_seconds,
+            rescan_interval_seconds=settings.discovery.rescan_interval_seconds,
+            use_events=settings.discovery.use_events,
+        )
+        background: list[asyncio.Task] = []
+        exit_code = 0
+        try:
+            start_task = asyncio.create_task(orchestrator.start(), name="startup")
+            stop_wait = asyncio.create_task(self._stop.wait())
+            done, _ = await asyncio.wait({start_task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+            if start_task in done and start_task.exception() is None:
+                log.info("modelium ready on http://%s:%d", settings.gateway.host, settings.gateway.port)
+                background = [
+                    asyncio.create_task(watcher.run(), name="watcher"),
+                    asyncio.create_task(orchestrator.run_control_loop(), name="control-loop"),
+                    asyncio.create_task(orchestrator.load_registered(), name="initial-loads"),
+                ]
+                await asyncio.wait({stop_wait, server_task}, return_when=asyncio.FIRST_COMPLETED)
+            elif start_task in done:
+                exc = start_task.exception()
+                orchestrator.startup_error = f"start-up failed: {type(exc).__name__}: {exc}"
+                log.error(orchestrator.startup_error, exc_info=exc)
+                exit_code = 1
+            else:
+                start_task.cancel()
+            if server_task.done() and server_task.result() is not None:
+                exit_code = server_task.result()
+        finally:
+            log.info("shutting down")
+            await watcher.stop()
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            try:
+                await asyncio.wait_for(orchestrator.stop(), SHUTDOWN_TIMEOUT_SECONDS)
+            except Exception:  # noqa: BLE001 - keep going: the gateway must still close
+                log.exception("stopping runtimes failed")
+            server.should_exit = True
+            await asyncio.gather(server_task, return_exceptions=True)
+            metrics.close()
+            log.info("stopped")
+        return exit_code
+
+    async def _serve_gateway(self, server: uvicorn.Server) -> int | None:
+        """Run uvicorn; a bind failure stops the daemon with an error instead of hanging."""
+        try:
+            await server.serve()
+        except SystemExit as exc:
+            log.error("gateway could not start on %s:%d (port in use?)",
+                      self.settings.gateway.host, self.settings.gateway.port)
+            self.request_stop()
+            return int(exc.code or 1)
+        return None
+
+
+def serve(settings: ModeliumSettings) -> int:
+    return asyncio.run(Daemon(settings).run())

@@ -1,0 +1,198 @@
+"""The HTTP gateway: one FastAPI app in front of every runtime.
+
+Transport only: it validates requests, checks API keys, asks the orchestrator, and maps
+errors to status codes. Errors always have the shape
+``{"error": {"type": ..., "message": ..., ...}}`` so clients can rely on one format.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from modelium import __version__
+from modelium.gateway.auth import api_key_checker
+from modelium.gateway.schemas import PredictRequest
+from modelium.metrics import ModeliumMetrics
+from modelium.orchestrator import (
+    ModelFailedError,
+    NoCapacityError,
+    NotReadyError,
+    Orchestrator,
+    UnknownModelError,
+)
+from modelium.runtimes.base import ModelNotLoadedError, RuntimeUnavailableError
+from modelium.runtimes.errors import BadRequestError
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_SECONDS = "30"
+
+
+def error_response(
+    status: int, error_type: str, message: str, *, headers: dict[str, str] | None = None, **extra: Any
+) -> JSONResponse:
+    headers = dict(headers or {})
+    if status == 503:
+        headers["Retry-After"] = RETRY_AFTER_SECONDS
+    return JSONResponse(
+        status_code=status,
+        content={"error": {"type": error_type, "message": message, **extra}},
+        headers=headers,
+    )
+
+
+def create_app(orchestrator: Orchestrator, metrics: ModeliumMetrics) -> FastAPI:
+    """Build the gateway for one orchestrator (tests build it around fakes)."""
+    settings = orchestrator.settings
+    app = FastAPI(title="Modelium", version=__version__)
+    authorized = Depends(api_key_checker(settings.gateway.api_keys))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        error_type = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed"}.get(
+            exc.status_code, "http_error"
+        )
+        return error_response(exc.status_code, error_type, str(exc.detail), headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _malformed(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [
+            f"{'.'.join(str(p) for p in err['loc'] if p != 'body') or 'body'}: {err['msg']}"
+            for err in exc.errors()
+        ]
+        return error_response(422, "invalid_request", "; ".join(problems), details=problems)
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        runtimes = {}
+        for name, manager in orchestrator.managers.items():
+            try:
+                status = await manager.health()
+                runtimes[name] = {"ok": status.ok, "detail": status.detail}
+            except Exception as exc:  # noqa: BLE001 - health must always answer
+                runtimes[name] = {"ok": False, "detail": str(exc)}
+        ok = orchestrator.ready and all(r["ok"] for r in runtimes.values())
+        status = "ok" if ok else ("starting" if not orchestrator.ready else "degraded")
+        if orchestrator.startup_error:
+            status = "error"
+        return JSONResponse(
+            status_code=200 if ok else 503,
+            content={"status": status, "runtimes": runtimes, "error": orchestrator.startup_error},
+        )
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        body, content_type = metrics.render()
+        return Response(content=body, media_type=content_type)
+
+    @app.get("/models", dependencies=[authorized])
+    async def list_models() -> dict[str, Any]:
+        return {"models": [record.to_dict() for record in orchestrator.models()]}
+
+    @app.get("/models/{name}", dependencies=[authorized])
+    async def get_model(name: str) -> Any:
+        try:
+            return orchestrator.get(name).to_dict()
+        except UnknownModelError as exc:
+            return _unknown(exc)
+
+    @app.post("/models/{name}/load", dependencies=[authorized])
+    async def load_model(name: str) -> Any:
+        try:
+            return (await orchestrator.retry(name)).to_dict()
+        except Exception as exc:  # noqa: BLE001 - mapped below
+            return _map_error(exc)
+
+    @app.post("/models/{name}/unload", dependencies=[authorized])
+    async def unload_model(name: str) -> Any:
+        try:
+            return (await orchestrator.unload(name)).to_dict()
+        except Exception as exc:  # noqa: BLE001 - mapped below
+            return _map_error(exc)
+
+    @app.get("/decisions", dependencies=[authorized])
+    async def decisions(limit: int = 100) -> dict[str, Any]:
+        recent = list(orchestrator.decisions)[-max(1, min(limit, 500)):]
+        return {"decisions": recent}
+
+    @app.get("/status", dependencies=[authorized])
+    async def status() -> dict[str, Any]:
+        return {
+            "version": __version__,
+            "ready": orchestrator.ready,
+            "startup_error": orchestrator.startup_error,
+            "devices": [d.to_dict() for d in orchestrator.inventory.devices],
+            "inventory_source": orchestrator.inventory.source,
+            "reserved_bytes": orchestrator.ledger.by_device(),
+            "models": {r.name: r.state.value for r in orchestrator.models()},
+            "quarantined": list(orchestrator.quarantined),
+            "config": settings.to_public_dict(),
+        }
+
+    @app.post("/predict/{name}", dependencies=[authorized])
+    async def predict(name: str, body: PredictRequest) -> Any:
+        request_id = uuid.uuid4().hex[:16]
+        started = time.perf_counter()
+        runtime = "none"
+        try:
+            record, outputs = await orchestrator.predict(name, body.inputs, body.parameters)
+            runtime = record.runtime or "none"
+        except Exception as exc:  # noqa: BLE001 - mapped to a status below
+            response = _map_error(exc)
+            if not isinstance(exc, UnknownModelError):  # unknown names would explode label sets
+                runtime = _runtime_of(orchestrator, name)
+                metrics.observe_request(name, runtime, _status_label(response.status_code),
+                                        time.perf_counter() - started)
+            return response
+        seconds = time.perf_counter() - started
+        metrics.observe_request(name, runtime, "ok", seconds)
+        return {
+            "model": name,
+            "runtime": runtime,
+            "device": record.device,
+            "outputs": outputs,
+            "latency_ms": round(seconds * 1000, 2),
+            "request_id": request_id,
+        }
+
+    return app
+
+
+def _unknown(exc: UnknownModelError) -> JSONResponse:
+    return error_response(404, "model_not_found", exc.message, known_models=exc.known)
+
+
+def _map_error(exc: Exception) -> JSONResponse:
+    if isinstance(exc, UnknownModelError):
+        return _unknown(exc)
+    if isinstance(exc, BadRequestError):
+        return error_response(422, "invalid_request", exc.message)
+    if isinstance(exc, ModelFailedError):
+        return error_response(409, "model_failed", exc.message)
+    if isinstance(exc, (NoCapacityError, NotReadyError)):
+        return error_response(503, "unavailable", exc.message)
+    if isinstance(exc, (RuntimeUnavailableError, ModelNotLoadedError)):
+        return error_response(503, "runtime_unavailable", str(exc))
+    log.exception("request failed", exc_info=exc)
+    return error_response(500, "internal_error", f"{type(exc).__name__}: {exc}")
+
+
+def _status_label(status_code: int) -> str:
+    return {404: "not_found", 409: "failed", 422: "bad_request", 503: "unavailable"}.get(
+        status_code, "error"
+    )
+
+
+def _runtime_of(orchestrator: Orchestrator, name: str) -> str:
+    try:
+        return orchestrator.get(name).runtime or "none"
+    except UnknownModelError:
+        return "none"

@@ -1,0 +1,33 @@
+"""Why the orchestrator could not serve a request; the gateway maps each to an HTTP status."""
+
+from __future__ import annotations
+
+
+class OrchestratorError(Exception):
+    """Base class; ``message`` is shown to the client as is."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class UnknownModelError(OrchestratorError):
+    """No model of that name (HTTP 404); carries the names that do exist."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        listing = ", ".join(known) if known else "none yet"
+        super().__init__(f"model {name!r} not found; known models: {listing}")
+        self.name = name
+        self.known = known
+
+
+class ModelFailedError(OrchestratorError):
+    """The model is in state failed (HTTP 409); the message carries its reason."""
+
+
+class NoCapacityError(OrchestratorError):
+    """Nothing fits right now, even after evicting what may be evicted (HTTP 503)."""
+
+
+class NotReadyError(OrchestratorError):
+    """The daemon is still starting (HTTP 503)."""

@@ -1,0 +1,463 @@
+"""The orchestrator: the model table, loads and unloads, and the reconciling control loop.
+
+It is the only component that changes model state. It asks the (pure) brain what to do,
+records every decision with its reason, and tells runtime managers to do it. It never
+parses HTTP (that is the gateway) and never decides policy itself (that is the brain).
+
+Concurrency: one asyncio lock per model makes loads and unloads of one model strictly
+sequential (concurrent callers wait for the same load), and one placement lock makes
+"pick a device + reserve it in the ledger" atomic across models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from modelium.analysis import InvalidModelError, ModelProfile, analyze_folder, estimate_memory
+from modelium.brain import (
+    EvictionCandidate,
+    PlacementDecision,
+    choose_runtime,
+    idle_unload_candidates,
+    place,
+    plan_eviction,
+)
+from modelium.config import ModeliumSettings, ModelOverride
+from modelium.hardware import Inventory, MemoryLedger
+from modelium.metrics import ModeliumMetrics
+from modelium.orchestrator.errors import (
+    ModelFailedError,
+    NoCapacityError,
+    NotReadyError,
+    UnknownModelError,
+)
+from modelium.orchestrator.records import ModelRecord, ModelState
+from modelium.runtimes.base import (
+    LoadRequest,
+    ModelNotLoadedError,
+    RuntimeLoadError,
+    RuntimeManager,
+)
+
+log = logging.getLogger(__name__)
+
+DECISION_LOG_SIZE = 500
+
+
+class Orchestrator:
+    """Owns the model table and drives runtime managers toward the wanted state."""
+
+    def __init__(
+        self,
+        settings: ModeliumSettings,
+        managers: Mapping[str, RuntimeManager],
+        inventory: Inventory,
+        ledger: MemoryLedger,
+        metrics: ModeliumMetrics,
+        *,
+        analyze: Callable[[Path, str], ModelProfile] = analyze_folder,
+    ) -> None:
+        self.settings = settings
+        self.managers = dict(managers)
+        self.inventory = inventory
+        self.ledger = ledger
+        self.metrics = metrics
+        self._analyze = analyze
+        self._records: dict[str, ModelRecord] = {}
+        self._locks: dict[str, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
+        self._placement_lock = asyncio.Lock()
+        self.decisions: collections.deque[dict[str, Any]] = collections.deque(
+            maxlen=DECISION_LOG_SIZE
+        )
+        self.quarantined: collections.deque[dict[str, Any]] = collections.deque(maxlen=100)
+        self.ready = False  # set once runtimes are up and the repository is registered
+        self.startup_error: str | None = None
+
+    # ------------------------------------------------------------------ table access
+
+    def models(self) -> list[ModelRecord]:
+        return [self._records[name] for name in sorted(self._records)]
+
+    def get(self, name: str) -> ModelRecord:
+        record = self._records.get(name)
+        if record is None:
+            raise UnknownModelError(name, sorted(self._records))
+        return record
+
+    def override_for(self, name: str) -> ModelOverride:
+        return self.settings.models.get(name) or ModelOverride()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Start runtimes, register the repository, re-adopt what is still loaded."""
+        for manager in self.managers.values():
+            await manager.start()
+        repository = self.settings.model_repository
+        repository.mkdir(parents=True, exist_ok=True)
+        for folder in sorted(p for p in repository.iterdir() if _is_model_folder(p)):
+            self._register(folder.name, folder)
+        known = {
+            r.name: r.path for r in self._records.values() if r.state == ModelState.ANALYZED
+        }
+        for manager in self.managers.values():
+            report = await manager.adopt(known)
+            for name in report.adopted:
+                await self._mark_adopted(self._records[name], manager.name)
+            for name in report.removed:
+                self._decide(name, "adopt", "stale-app", f"removed a stale {manager.name} app left by an earlier run")
+        self.ready = True
+        log.info("orchestrator started", extra={"models": len(self._records)})
+
+    async def load_registered(self) -> None:
+        """Load every registered model that is not loaded yet (start-up, best effort)."""
+        for record in self.models():
+            if record.state in (ModelState.ANALYZED, ModelState.UNLOADED):
+                try:
+                    await self.ensure_loaded(record.name)
+                except Exception as exc:  # noqa: BLE001 - one model must not stop the others
+                    log.warning("could not load %s at start-up: %s", record.name, exc)
+
+    async def stop(self) -> None:
+        """Unload everything and stop every runtime (and the processes they started)."""
+        self.ready = False
+        for manager in self.managers.values():
+            try:
+                await manager.stop()
+            except Exception:  # noqa: BLE001 - keep stopping the rest
+                log.exception("stopping runtime %s failed", manager.name)
+        for record in self._records.values():
+            if record.state in (ModelState.READY, ModelState.LOADING, ModelState.UNLOADING):
+                self._release(record, ModelState.UNLOADED, "daemon stopped", "shutdown")
+
+    # ------------------------------------------------------------------ drops
+
+    def _register(self, name: str, path: Path) -> ModelRecord:
+        record = ModelRecord(name=name, path=path, pinned=self.override_for(name).pinned)
+        self._records[name] = record
+        try:
+            record.profile = self._analyze(path, name)
+        except InvalidModelError as exc:
+            record.set_state(ModelState.FAILED, f"invalid model folder: {exc}")
+            self._decide(name, "analyze", "invalid", record.reason or "")
+            return record
+        except Exception as exc:  # noqa: BLE001 - unreadable file, permission, ...
+            record.set_state(ModelState.FAILED, f"analysis failed: {exc}")
+            self._decide(name, "analyze", "error", record.reason or "")
+            return record
+        record.set_state(ModelState.ANALYZED)
+        return record
+
+    async def add_model(self, name: str, repository_path: Path, *, load: bool = True) -> ModelRecord:
+        """Register (or replace) a model already filed at ``repository_path`` and load it."""
+        record = self._register(name, repository_path)
+        if load and record.state == ModelState.ANALYZED:
+            try:
+                await self.ensure_loaded(name)
+            except Exception as exc:  # noqa: BLE001 - state and reason are on the record
+                log.warning("model %s not loaded: %s", name, exc)
+        return record
+
+    def record_quarantine(self, name: str, reason: str, path: Path) -> None:
+        """A drop was rejected; it never enters the table but is listed by GET /status."""
+        self.quarantined.append({"time": time.time(), "name": name, "reason": reason,
+                                 "path": str(path)})
+        self._decide(name, "quarantine", "invalid-drop", reason)
+
+    async def unload_for_replacement(self, name: str) -> None:
+        """Unload the current version of ``name`` before a new drop takes its folder."""
+        if name in self._records:
+            await self.unload(name, reason="replaced by a new drop", reason_code="replaced")
+
+    # ------------------------------------------------------------------ loading
+
+    async def ensure_loaded(self, name: str) -> ModelRecord:
+        """Return the model once READY, loading it (once, whoever asks) if needed."""
+        record = self.get(name)
+        if record.state == ModelState.READY:
+            return record
+        async with self._locks[name]:
+            record = self.get(name)  # may have been replaced while we waited
+            if record.state == ModelState.READY:
+                return record
+            if record.profile is None:
+                raise ModelFailedError(f"model {name!r} failed: {record.reason}")
+            await self._load_locked(record)
+            return record
+
+    async def retry(self, name: str) -> ModelRecord:
+        """Explicit load request: a FAILED model is re-analyzed and tried again."""
+        record = self.get(name)
+        if record.state == ModelState.FAILED:
+            async with self._locks[name]:
+                record = self._register(name, record.path)
+        if record.state == ModelState.FAILED:
+            raise ModelFailedError(f"model {name!r} failed: {record.reason}")
+        return await self.ensure_loaded(name)
+
+    async def _load_locked(self, record: ModelRecord) -> None:
+        assert record.profile is not None
+        name, profile = record.name, record.profile
+        override = self.override_for(name)
+        record.set_state(ModelState.LOADING)
+        choice = choose_runtime(
+            profile,
+            enabled=self._enabled_runtimes(),
+            implemented=tuple(self.managers),
+            override=override.runtime,
+        )
+        record.runtime, record.runtime_reason = choice.runtime, choice.reason
+        self._decide(name, "choose_runtime", choice.reason_code, choice.reason)
+        if choice.runtime is None:
+            record.set_state(ModelState.FAILED, choice.reason)
+            raise ModelFailedError(f"model {name!r} failed: {choice.reason}")
+
+        device_kind = "gpu" if self.inventory.has_gpu else "cpu"
+        record.memory = estimate_memory(
+            profile,
+            device_kind=device_kind,
+            batch_size=override.batch_size,
+            sequence_length=override.max_sequence_length,
+        )
+        async with self._placement_lock:
+            decision = await self._place_with_eviction(record, override)
+            if decision.device is None:
+                record.set_state(ModelState.UNLOADED, decision.reason)
+                raise NoCapacityError(f"model {name!r} cannot be loaded now: {decision.reason}")
+            self.ledger.reserve(name, decision.device.id, record.memory.total_bytes)
+            self.metrics.set_reserved(self.ledger.by_device())
+        record.device, record.placement_reason = decision.device.id, decision.reason
+
+        manager = self.managers[choice.runtime]
+        started = time.monotonic()
+        try:
+            await manager.load(
+                LoadRequest(
+                    name=name,
+                    model_dir=record.path,
+                    profile=profile,
+                    device=decision.device,
+                    memory=record.memory,
+                    options=_runtime_options(override),
+                )
+            )
+        except Exception as exc:  # noqa: BLE001 - every load failure becomes a reason
+            seconds = time.monotonic() - started
+            self.metrics.observe_load(name, choice.runtime, seconds, ok=False)
+            message = str(exc) if isinstance(exc, RuntimeLoadError) else f"{type(exc).__name__}: {exc}"
+            self._release(record, ModelState.FAILED, f"load failed: {message}", None)
+            self._decide(name, "load", "error", record.reason or "")
+            raise ModelFailedError(f"model {name!r} failed: {record.reason}") from exc
+        seconds = time.monotonic() - started
+        record.load_seconds, record.loaded_at = round(seconds, 3), time.time()
+        record.load_count += 1
+        record.set_state(ModelState.READY)
+        self.metrics.observe_load(name, choice.runtime, seconds, ok=True)
+        self.metrics.mark_loaded(name, choice.runtime, decision.device.id)
+        self._decide(name, "load", "ok", f"loaded on {decision.device.id} via {choice.runtime} in {seconds:.1f}s")
+
+    async def _place_with_eviction(self, record: ModelRecord, override: ModelOverride) -> PlacementDecision:
+        """Place the model; if it fits only after evicting idle models, evict them first."""
+        assert record.memory is not None
+        required = record.memory.total_bytes
+        pinned_device = f"gpu:{override.gpu}" if override.gpu is not None else None
+        orchestration = self.settings.orchestration
+        self.ledger.release(record.name)  # a reload must not count its own old reservation
+        decision = self._place(required, pinned_device)
+        self._decide(record.name, "place", decision.reason_code, decision.reason)
+        if decision.device is not None or decision.reason_code != "no-fit":
+            return decision
+        for device in self._devices_for(pinned_device):
+            plan = plan_eviction(
+                required,
+                device,
+                self.ledger.reserved_on(device.id),
+                self._eviction_candidates(device.id),
+                max_utilization=orchestration.max_gpu_memory_utilization,
+            )
+            if not plan.feasible:
+                continue
+            self._decide(record.name, "evict", "make-room", plan.reason)
+            for victim in plan.victims:
+                await self.unload(victim, reason=f"evicted to make room for {record.name}", reason_code="evicted")
+            decision = self._place(required, pinned_device)
+            self._decide(record.name, "place", decision.reason_code, decision.reason)
+            return decision
+        return decision
+
+    def _place(self, required: int, pinned_device: str | None) -> PlacementDecision:
+        orchestration = self.settings.orchestration
+        return place(
+            required,
+            self.inventory,
+            self.ledger.by_device(),
+            max_utilization=orchestration.max_gpu_memory_utilization,
+            strategy=orchestration.placement,
+            pinned_device=pinned_device,
+        )
+
+    def _devices_for(self, pinned_device: str | None):
+        if pinned_device is None:
+            return self.inventory.devices
+        device = self.inventory.get(pinned_device)
+        return (device,) if device else ()
+
+    def _eviction_candidates(self, device_id: str | None = None) -> list[EvictionCandidate]:
+        candidates = []
+        for record in self._records.values():
+            if record.state != ModelState.READY or record.device is None:
+                continue
+            if device_id is not None and record.device != device_id:
+                continue
+            reservation = self.ledger.reservations().get(record.name)
+            candidates.append(
+                EvictionCandidate(
+                    name=record.name,
+                    device_id=record.device,
+                    reserved_bytes=reservation[1] if reservation else 0,
+                    idle_seconds=self.metrics.idle_seconds(record.name),
+                    qps=self.metrics.qps(record.name),
+                    pinned=record.pinned or record.name in self.settings.orchestration.always_loaded,
+                    busy=self.metrics.in_flight(record.name) > 0,
+                )
+            )
+        return candidates
+
+    async def _mark_adopted(self, record: ModelRecord, runtime: str) -> None:
+        """A model still loaded from an earlier run: account for it as if we had loaded it."""
+        assert record.profile is not None
+        override = self.override_for(record.name)
+        device_kind = "gpu" if self.inventory.has_gpu else "cpu"
+        record.memory = estimate_memory(record.profile, device_kind=device_kind,
+                                        batch_size=override.batch_size,
+                                        sequence_length=override.max_sequence_length)
+        async with self._placement_lock:
+            decision = self._place(record.memory.total_bytes, None)
+            device = decision.device or self.inventory.devices[0]
+            self.ledger.reserve(record.name, device.id, record.memory.total_bytes)
+        record.runtime, record.device = runtime, device.id
+        record.runtime_reason = f"adopted: already loaded in {runtime} by an earlier run"
+        record.set_state(ModelState.READY)
+        self.metrics.mark_loaded(record.name, runtime, device.id)
+        self._decide(record.name, "adopt", "adopted", record.runtime_reason)
+
+    # ------------------------------------------------------------------ unloading
+
+    async def unload(self, name: str, *, reason: str = "unloaded on request", reason_code: str = "request") -> ModelRecord:
+        record = self.get(name)
+        async with self._locks[name]:
+            if record.state not in (ModelState.READY, ModelState.LOADING):
+                return record
+            record.set_state(ModelState.UNLOADING, reason)
+            manager = self.managers.get(record.runtime or "")
+            if manager is not None:
+                try:
+                    await manager.unload(name)
+                except Exception as exc:  # noqa: BLE001 - the model is gone from our view anyway
+                    log.warning("unloading %s from %s failed: %s", name, record.runtime, exc)
+            self._release(record, ModelState.UNLOADED, reason, reason_code)
+            self._decide(name, "unload", reason_code, reason)
+            return record
+
+    def _release(self, record: ModelRecord, state: ModelState, reason: str, reason_code: str | None) -> None:
+        was_loaded = record.state in (ModelState.READY, ModelState.UNLOADING)
+        self.ledger.release(record.name)
+        self.metrics.set_reserved(self.ledger.by_device())
+        if was_loaded:
+            self.metrics.mark_unloaded(record.name)
+            if reason_code is not None:
+                self.metrics.count_unload(record.name, record.runtime or "", reason_code)
+        record.set_state(state, reason)
+
+    # ------------------------------------------------------------------ serving
+
+    async def predict(self, name: str, inputs: Any, parameters: dict[str, Any]) -> tuple[ModelRecord, Any]:
+        """Run one request, loading the model on demand; retries once if the runtime lost it."""
+        if not self.ready:
+            raise NotReadyError(self.startup_error or "modelium is still starting; retry shortly")
+        record = self.get(name)
+        if record.state == ModelState.FAILED:
+            raise ModelFailedError(f"model {name!r} failed: {record.reason}")
+        self.metrics.request_started(name)
+        try:
+            for attempt in (1, 2):
+                record = await self.ensure_loaded(name)
+                manager = self.managers[record.runtime or ""]
+                try:
+                    return record, await manager.infer(name, inputs, parameters)
+                except ModelNotLoadedError:
+                    if attempt == 2:
+                        raise
+                    await self._forget_lost(record, "the runtime no longer had it loaded")
+            raise AssertionError("unreachable")
+        finally:
+            self.metrics.request_finished(name)
+
+    async def _forget_lost(self, record: ModelRecord, why: str) -> None:
+        async with self._locks[record.name]:
+            if record.state == ModelState.READY:
+                self._release(record, ModelState.UNLOADED, why, "lost")
+                self._decide(record.name, "lost", "lost", why)
+
+    # ------------------------------------------------------------------ control loop
+
+    async def run_control_loop(self) -> None:
+        """Reconcile every ``decision_interval_seconds``; one failing step never stops it."""
+        interval = self.settings.orchestration.decision_interval_seconds
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.reconcile()
+            except Exception:  # noqa: BLE001 - log and try again next tick
+                log.exception("control loop step failed")
+
+    async def reconcile(self) -> None:
+        """Compare wanted and actual state once: find lost models, unload idle ones."""
+        for runtime, manager in self.managers.items():
+            live = await manager.loaded_models()
+            for record in self.models():
+                if record.runtime == runtime and record.state == ModelState.READY and record.name not in live:
+                    await self._forget_lost(record, f"{runtime} no longer serves it (crashed or removed)")
+        orchestration = self.settings.orchestration
+        for name, reason in idle_unload_candidates(
+            self._eviction_candidates(),
+            idle_after_seconds=orchestration.auto_unload_after_seconds,
+            min_qps=orchestration.min_qps_threshold,
+            always_loaded=orchestration.always_loaded,
+        ):
+            self._decide(name, "idle_unload", "idle", reason)
+            await self.unload(name, reason=reason, reason_code="idle")
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def _enabled_runtimes(self) -> list[str]:
+        settings = self.settings
+        flags = {"ray_serve": settings.ray.enabled, "vllm": settings.vllm.enabled,
+                 "triton": settings.triton.enabled}
+        return [runtime for runtime, enabled in flags.items() if enabled]
+
+    def _decide(self, model: str, action: str, reason_code: str, reason: str) -> None:
+        """Log, count and remember one decision (listed by GET /decisions)."""
+        entry = {"time": time.time(), "model": model, "action": action,
+                 "reason_code": reason_code, "reason": reason}
+        self.decisions.append(entry)
+        self.metrics.count_decision(action, reason_code)
+        log.info("decision %s %s: %s", action, model, reason,
+                 extra={"model": model, "action": action, "reason_code": reason_code})
+
+
+def _is_model_folder(path: Path) -> bool:
+    return path.is_dir() and not path.name.startswith(".")
+
+
+def _runtime_options(override: ModelOverride) -> dict[str, Any]:
+    options: dict[str, Any] = {"num_replicas": override.num_replicas}
+    if override.task:
+        options["task"] = override.task
+    return options
