@@ -344,7 +344,7 @@ class ModeliumSettings(_Section):
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     gpus: Literal["auto"] | list[GpuSpec] = Field(
         default="auto",
-        description="'auto' = detect GPUs with NVML; or a list of {id, memory_gb, name} to simulate.",
+        description="'auto' = detect GPUs with NVML; or a list of {id, memory_gb, name} GPUs.",
     )
     ray: RaySettings = Field(default_factory=RaySettings)
     vllm: VllmSettings = Field(default_factory=VllmSettings)
