@@ -83,9 +83,7 @@ class Daemon:
         log.info("devices: %s", ", ".join(f"{d.id} ({d.name}, {d.total_bytes / 2**30:.1f} GiB)"
                                            for d in inventory.devices))
 
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, self.request_stop)
+        self._install_signal_handlers()
 
         if settings.metrics.enabled and settings.metrics.port is not None:
             metrics.start_http_server(settings.metrics.host, settings.metrics.port)
@@ -107,6 +105,9 @@ class Daemon:
             start_task = asyncio.create_task(orchestrator.start(), name="startup")
             stop_wait = asyncio.create_task(self._stop.wait())
             done, _ = await asyncio.wait({start_task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+            # ray.init() installs Ray's own C-level SIGTERM handler (which prints a stack
+            # trace and may kill us before the runtimes are stopped): take the signals back.
+            self._install_signal_handlers()
             if start_task in done and start_task.exception() is None:
                 log.info("modelium ready on http://%s:%d", settings.gateway.host, settings.gateway.port)
                 background = [
@@ -139,6 +140,12 @@ class Daemon:
             metrics.close()
             log.info("stopped")
         return exit_code
+
+    def _install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+            loop.add_signal_handler(signum, self.request_stop)
 
     async def _serve_gateway(self, server: uvicorn.Server) -> int | None:
         """Run uvicorn; a bind failure stops the daemon with an error instead of hanging."""

@@ -1,0 +1,376 @@
+"""RayServeManager against a real private Ray cluster (no fakes).
+
+One cluster serves the whole module (start ~20 s on 2 cores; each transformers replica
+~15 s to import torch and load), so the tests run in file order and share state:
+load -> predict -> bad request -> corrupt load -> unload -> adopt from a second driver ->
+stop (no orphans). The last test SIGKILLs a process that owns its own cluster and checks
+the parent-death signal takes the whole cluster down.
+
+Timings are printed (run with ``-s`` to see them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import pytest_asyncio
+
+from examples.make_tiny_models import make_model
+from modelium.analysis import analyze_folder, estimate_memory
+from modelium.hardware.devices import Device
+from modelium.runtimes.base import LoadRequest, ModelNotLoadedError, RuntimeLoadError
+from modelium.runtimes.errors import BadRequestError
+from modelium.runtimes.ray_serve import RayServeManager, folder_signature
+from modelium.runtimes.ray_serve.cluster import free_ports
+
+pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CPU = Device(id="cpu", kind="cpu", index=None, total_bytes=8 << 30, name="host RAM")
+TIMINGS: dict[str, float] = {}
+
+
+def _timed(label: str, started: float) -> None:
+    TIMINGS[label] = round(time.monotonic() - started, 2)
+    print(f"[timing] {label}: {TIMINGS[label]:.2f}s")
+
+
+def _request(name: str, path: Path, **options: Any) -> LoadRequest:
+    profile = analyze_folder(path, name)
+    return LoadRequest(
+        name=name,
+        model_dir=path,
+        profile=profile,
+        device=CPU,
+        memory=estimate_memory(profile, device_kind="cpu"),
+        options=options,
+    )
+
+
+def _short_temp_dir(tag: str) -> Path:
+    """pytest's tmp paths are too long for Ray's unix sockets (< 108 bytes)."""
+    return Path("/tmp") / f"mdl-{tag}-{os.getpid()}"
+
+
+def _processes_mentioning(text: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if any(text in part for part in proc.info["cmdline"] or ()):
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def _is_loopback(ip: str) -> bool:
+    address = ipaddress.ip_address(ip)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+def _alive(pids: list[int]) -> list[int]:
+    alive = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                alive.append(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("ray-models")
+    return {kind: make_model(kind, root / kind) for kind in ("llama", "bert-classifier")}
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def manager(model_dirs: dict[str, Path]) -> AsyncIterator[RayServeManager]:
+    gcs_port, http_port = free_ports(2)
+    temp_dir = _short_temp_dir("ray")
+    mgr = RayServeManager(http_port=http_port, gcs_port=gcs_port, temp_dir=temp_dir,
+                          start_timeout_seconds=120, load_timeout_seconds=180)
+    started = time.monotonic()
+    await mgr.start()
+    _timed("start private cluster + serve", started)
+    try:
+        started = time.monotonic()
+        # Two loads at once: different models may load concurrently in the orchestrator.
+        await asyncio.gather(
+            mgr.load(_request("llama", model_dirs["llama"])),
+            mgr.load(_request("bert", model_dirs["bert-classifier"])),
+        )
+        _timed("load llama + bert (concurrently)", started)
+        yield mgr
+    finally:
+        await mgr.stop()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+async def test_start_is_private_and_healthy(manager: RayServeManager) -> None:
+    health = await manager.health()
+    assert health.ok, health.detail
+    assert f"private Ray cluster at 127.0.0.1:{manager.gcs_port}" in health.detail
+    assert manager.cluster is not None and manager.cluster.is_running()
+    await manager.start()  # idempotent
+    # Every socket the cluster listens on is on loopback.
+    exposed = []
+    processes = [psutil.Process(manager.cluster.pid), *manager.cluster.descendants()]
+    assert sum("ServeReplica" in p.name() for p in processes) == 2  # the replicas are checked too
+    for proc in processes:
+        try:
+            for conn in proc.net_connections(kind="inet"):
+                if conn.status == psutil.CONN_LISTEN and not _is_loopback(conn.laddr.ip):
+                    exposed.append((proc.pid, proc.name(), conn.laddr))
+        except psutil.NoSuchProcess:
+            continue
+    assert not exposed, f"Ray listens beyond loopback: {exposed}"
+
+
+async def test_predict_text_generation_and_classification(manager: RayServeManager) -> None:
+    assert await manager.loaded_models() == {"llama", "bert"}
+    started = time.monotonic()
+    out = await manager.infer("llama", "hello world", {"max_new_tokens": 4})
+    _timed("first llama request", started)
+    assert set(out) == {"generated_text", "num_generated_tokens", "finish_reason"}
+    assert out["num_generated_tokens"] == 4 and out["finish_reason"] == "length"
+    assert isinstance(out["generated_text"], str)
+
+    batch = await manager.infer("bert", ["a great movie", "terrible plot"], {"top_k": 2})
+    assert len(batch) == 2
+    for ranking in batch:
+        assert len(ranking) == 2
+        assert {r["label"] for r in ranking} <= {"NEGATIVE", "NEUTRAL", "POSITIVE"}
+        assert ranking[0]["score"] >= ranking[1]["score"]
+    single = await manager.infer("bert", "hello", {})
+    assert len(single) == 1 and 0.0 <= single[0]["score"] <= 1.0
+
+    # Concurrent requests through the cached handles.
+    results = await asyncio.gather(*(manager.infer("llama", f"q {i}", {"max_new_tokens": 2}) for i in range(8)))
+    assert all(r["num_generated_tokens"] == 2 for r in results)
+
+
+async def test_bad_parameter_is_a_bad_request(manager: RayServeManager) -> None:
+    with pytest.raises(BadRequestError) as caught:
+        await manager.infer("llama", "hi", {"max_new_tokens": -1})
+    assert type(caught.value) is BadRequestError  # re-raised, not Ray's wrapper class
+    assert "max_new_tokens" in caught.value.message and "Traceback" not in caught.value.message
+    with pytest.raises(BadRequestError, match="unknown parameter"):
+        await manager.infer("bert", "hi", {"temperature": 0.5})
+    with pytest.raises(BadRequestError, match="inputs must be"):
+        await manager.infer("bert", 42, {})
+    assert (await manager.infer("llama", "still alive", {"max_new_tokens": 1}))["num_generated_tokens"] == 1
+
+
+async def test_corrupt_weights_fail_the_load_with_a_reason(manager: RayServeManager, model_dirs: dict[str, Path],
+                                                           tmp_path: Path) -> None:
+    broken = shutil.copytree(model_dirs["llama"], tmp_path / "broken")
+    request = _request("broken", broken)  # analysed while intact: the replica must catch it
+    with open(broken / "model.safetensors", "r+b") as weights:
+        weights.truncate(1000)
+    started = time.monotonic()
+    with pytest.raises(RuntimeLoadError) as caught:
+        await manager.load(request)
+    _timed("failed load (corrupt safetensors)", started)
+    message = str(caught.value)
+    print(f"[corrupt] {message}")
+    assert "broken" in message and "safetensors" in message.lower()
+    assert len(message) < 500  # the reason, not a traceback
+    assert await manager.loaded_models() == {"llama", "bert"}
+    status = await asyncio.to_thread(manager._serve.status)
+    assert "broken" not in status.applications  # cleaned up
+    assert (await manager.infer("bert", "other models keep serving", {}))[0]["label"]
+
+
+async def test_unload(manager: RayServeManager) -> None:
+    started = time.monotonic()
+    await manager.unload("bert")
+    _timed("unload (serve.delete)", started)
+    assert await manager.loaded_models() == {"llama"}
+    with pytest.raises(ModelNotLoadedError):
+        await manager.infer("bert", "hello", {})
+    with pytest.raises(ModelNotLoadedError):
+        await manager.infer("never-loaded", "hello", {})
+    await manager.unload("bert")  # unknown now: no-op
+    await manager.unload("never-loaded")
+
+
+_JOINER = textwrap.dedent(
+    """
+    import asyncio, json, sys
+    from pathlib import Path
+    from modelium.runtimes.ray_serve import RayServeManager
+
+    async def main(address, known):
+        mgr = RayServeManager(address=address)
+        await mgr.start()
+        report = await mgr.adopt({k: Path(v) for k, v in known.items()})
+        out = await mgr.infer("llama", "adopted", {"max_new_tokens": 3})
+        result = {"adopted": report.adopted, "removed": report.removed, "output": out,
+                  "loaded": sorted(await mgr.loaded_models()),
+                  "health": (await mgr.health()).detail}
+        await mgr.stop()  # joined: deletes what it adopted, leaves the cluster running
+        print("RESULT " + json.dumps(result))
+
+    asyncio.run(main(sys.argv[1], json.loads(sys.argv[2])))
+    """
+)
+
+
+def _deploy_leftovers(serve: Any, stale_dir: Path) -> None:
+    """Apps a crashed earlier run (or someone else) left on the cluster. Defined inside a
+    function so Ray pickles the classes by value (no torch import in these replicas)."""
+
+    class Ghost:  # looks like ours: deployment "modelium-ghost", fingerprint of an old folder state
+        def fingerprint(self) -> dict[str, Any]:
+            return {"version": 1, "model_dir": str(stale_dir.resolve()), "signature": "stale"}
+
+    class Foreign:  # not ours: must be left alone
+        def __call__(self) -> str:
+            return "foreign"
+
+    opts = {"ray_actor_options": {"num_cpus": 0}, "graceful_shutdown_wait_loop_s": 0.3}
+    serve.run(serve.deployment(Ghost).options(name="modelium-ghost", **opts).bind(),
+              name="ghost", route_prefix="/ghost")
+    serve.run(serve.deployment(Foreign).options(name="foreign-dep", **opts).bind(),
+              name="foreign", route_prefix="/foreign")
+
+
+async def test_adopt_from_a_second_driver(manager: RayServeManager, model_dirs: dict[str, Path]) -> None:
+    """A fresh process (as after a daemon restart) joins the cluster by address: it keeps
+    the app matching the repository, removes the stale one of ours, leaves others alone."""
+    serve = manager._serve
+    await asyncio.to_thread(_deploy_leftovers, serve, model_dirs["bert-classifier"])
+    assert await manager.loaded_models() == {"llama", "ghost"}  # ghost looks like ours
+
+    known = {"llama": str(model_dirs["llama"]), "ghost": str(model_dirs["bert-classifier"])}
+    started = time.monotonic()
+    proc = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", _JOINER, manager.gcs_address, json.dumps(known)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=180,
+    )
+    _timed("second driver: join + adopt + infer + stop", started)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, f"joiner failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    result = json.loads(lines[-1][len("RESULT "):])
+    assert result["adopted"] == ["llama"]
+    assert result["removed"] == ["ghost"]
+    assert result["loaded"] == ["llama"]
+    assert result["output"]["num_generated_tokens"] == 3
+    assert result["health"].startswith(f"Ray cluster at {manager.gcs_address}")
+
+    # The joined manager's stop() deleted the app it adopted, and only that.
+    status = await asyncio.to_thread(serve.status)
+    assert set(status.applications) == {"foreign"}
+    assert status.applications["foreign"].status == "RUNNING"
+    assert (await manager.health()).ok  # the private cluster was not touched
+    assert await manager.loaded_models() == set()
+    with pytest.raises(ModelNotLoadedError):
+        await manager.infer("llama", "gone", {})
+
+
+async def test_adopt_in_process_keeps_matching_and_removes_unknown(manager: RayServeManager,
+                                                                    model_dirs: dict[str, Path]) -> None:
+    await manager.load(_request("bert", model_dirs["bert-classifier"]))
+    report = await manager.adopt({"bert": model_dirs["bert-classifier"]})
+    assert report.adopted == ("bert",) and report.removed == ()
+    # The folder changes (a re-drop): the running app no longer matches it.
+    touched = model_dirs["bert-classifier"] / "config.json"
+    before = folder_signature(model_dirs["bert-classifier"])
+    os.utime(touched, ns=(time.time_ns(), time.time_ns() + 1_000_000_000))
+    assert folder_signature(model_dirs["bert-classifier"]) != before
+    report = await manager.adopt({"bert": model_dirs["bert-classifier"]})
+    assert report.adopted == () and report.removed == ("bert",)
+    assert await manager.loaded_models() == set()
+
+
+async def test_stop_leaves_no_process_behind(manager: RayServeManager) -> None:
+    cluster = manager.cluster
+    assert cluster is not None
+    recorded = [cluster.pid, *(p.pid for p in cluster.descendants())]
+    names = sorted({psutil.Process(pid).name() for pid in _alive(recorded)})
+    print(f"[stop] {len(recorded)} processes under ray start: {names}")
+    assert len(recorded) >= 6  # ray start, gcs_server, raylet, agents, Serve controller/proxy...
+    started = time.monotonic()
+    await manager.stop()
+    _timed("stop (delete apps, serve.shutdown, ray.shutdown, cluster)", started)
+    deadline = time.monotonic() + 10
+    while _alive(recorded) and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    assert _alive(recorded) == [], "processes survived stop()"
+    assert _processes_mentioning(str(cluster.temp_dir)) == []
+    assert not (await manager.health()).ok
+    await manager.stop()  # idempotent
+    print(f"[timings] {json.dumps(TIMINGS)}")
+
+
+_OWNER = textwrap.dedent(
+    """
+    import asyncio, sys
+    from pathlib import Path
+    from modelium.runtimes.ray_serve import RayServeManager
+
+    async def main():
+        mgr = RayServeManager(gcs_port=int(sys.argv[1]), http_port=int(sys.argv[2]), temp_dir=Path(sys.argv[3]))
+        await mgr.start()
+        print("READY", mgr.cluster.pid, flush=True)
+        await asyncio.sleep(600)
+
+    asyncio.run(main())
+    """
+)
+
+
+async def test_sigkill_of_the_owner_takes_the_cluster_down(tmp_path: Path) -> None:
+    gcs_port, http_port = free_ports(2)
+    temp_dir = _short_temp_dir("kill")
+    stderr_path = tmp_path / "owner.stderr"
+    with stderr_path.open("w") as stderr:
+        owner = subprocess.Popen(
+            [sys.executable, "-c", _OWNER, str(gcs_port), str(http_port), str(temp_dir)],
+            cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=stderr, text=True,
+        )
+    recorded: list[int] = []
+    try:
+        started = time.monotonic()
+        line = await asyncio.wait_for(asyncio.to_thread(owner.stdout.readline), 180)
+        assert line.startswith("READY"), f"owner did not start: {line!r}\n{stderr_path.read_text()[-3000:]}"
+        _timed("owner subprocess: import + start cluster + serve", started)
+        recorded = [p.pid for p in psutil.Process(owner.pid).children(recursive=True)]
+        assert int(line.split()[1]) in recorded and len(recorded) >= 6
+        owner.send_signal(signal.SIGKILL)
+        owner.wait(10)
+        started = time.monotonic()
+        while _alive(recorded) and time.monotonic() - started < 30:
+            await asyncio.sleep(0.2)
+        _timed("cluster gone after SIGKILL of its owner", started)
+        assert _alive(recorded) == [], "Ray processes outlived their SIGKILLed owner"
+        assert _processes_mentioning(str(temp_dir)) == []
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+        for pid in _alive(recorded):  # never leave a cluster running after a failure
+            try:
+                psutil.Process(pid).kill()
+            except psutil.NoSuchProcess:
+                pass
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    print(f"[timings] {json.dumps(TIMINGS)}")
