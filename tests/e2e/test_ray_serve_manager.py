@@ -2,8 +2,9 @@
 
 One cluster serves the whole module (start ~20 s on 2 cores; each transformers replica
 ~15 s to import torch and load), so the tests run in file order and share state:
-load -> predict -> bad request -> corrupt load -> unload -> adopt from a second driver ->
-stop (no orphans). The last test SIGKILLs a process that owns its own cluster and checks
+load -> predict -> bad request -> corrupt load -> unload -> adopt (second driver, then in
+process) -> stop (no orphans) -> restart, SIGKILL of ``ray start`` itself (orphans found by
+session and killed). The last test SIGKILLs a process that owns its own cluster and checks
 the parent-death signal takes the whole cluster down.
 
 Timings are printed (run with ``-s`` to see them).
@@ -32,7 +33,7 @@ import pytest_asyncio
 from examples.make_tiny_models import make_model
 from modelium.analysis import analyze_folder, estimate_memory
 from modelium.hardware.devices import Device
-from modelium.runtimes.base import LoadRequest, ModelNotLoadedError, RuntimeLoadError
+from modelium.runtimes.base import LoadRequest, ModelNotLoadedError, RuntimeLoadError, RuntimeUnavailableError
 from modelium.runtimes.errors import BadRequestError
 from modelium.runtimes.ray_serve import RayServeManager, folder_signature
 from modelium.runtimes.ray_serve.cluster import free_ports
@@ -75,6 +76,18 @@ def _processes_mentioning(text: str) -> list[psutil.Process]:
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     return found
+
+
+def _session_members(session_id: int) -> list[int]:
+    """Processes in the session ``ray start`` led (orphans re-parented to init stay in it)."""
+    members = []
+    for proc in psutil.process_iter():
+        try:
+            if os.getsid(proc.pid) == session_id and proc.status() != psutil.STATUS_ZOMBIE:
+                members.append(proc.pid)
+        except (ProcessLookupError, PermissionError, psutil.NoSuchProcess):
+            continue
+    return members
 
 
 def _is_loopback(ip: str) -> bool:
@@ -305,6 +318,7 @@ async def test_adopt_in_process_keeps_matching_and_removes_unknown(manager: RayS
 async def test_stop_leaves_no_process_behind(manager: RayServeManager) -> None:
     cluster = manager.cluster
     assert cluster is not None
+    session_id = cluster.pid
     recorded = [cluster.pid, *(p.pid for p in cluster.descendants())]
     names = sorted({psutil.Process(pid).name() for pid in _alive(recorded)})
     print(f"[stop] {len(recorded)} processes under ray start: {names}")
@@ -316,9 +330,37 @@ async def test_stop_leaves_no_process_behind(manager: RayServeManager) -> None:
     while _alive(recorded) and time.monotonic() < deadline:
         await asyncio.sleep(0.2)
     assert _alive(recorded) == [], "processes survived stop()"
+    assert _session_members(session_id) == []
     assert _processes_mentioning(str(cluster.temp_dir)) == []
     assert not (await manager.health()).ok
     await manager.stop()  # idempotent
+
+
+async def test_cluster_crash_is_reported_and_stop_cleans_up_orphans(manager: RayServeManager) -> None:
+    """``ray start`` itself SIGKILLed: its agents survive, re-parented to init; the manager
+    reports the runtime down (without the Ray driver taking the daemon with it) and
+    stop() still finds and kills every leftover by session."""
+    started = time.monotonic()
+    await manager.start()  # a fresh private cluster after stop()
+    _timed("restart private cluster + serve", started)
+    cluster = manager.cluster
+    assert cluster is not None and (await manager.health()).ok
+    session_id = cluster.pid
+    recorded = [cluster.pid, *(p.pid for p in cluster.descendants())]
+    os.kill(cluster.pid, signal.SIGKILL)
+    await asyncio.sleep(2)
+    orphans = [pid for pid in _alive(recorded) if pid != session_id]
+    print(f"[crash] alive 2 s after SIGKILL of ray start: "
+          f"{[(pid, psutil.Process(pid).name(), psutil.Process(pid).ppid()) for pid in orphans]}")
+    health = await manager.health()
+    assert not health.ok and "exited" in health.detail
+    assert await manager.loaded_models() == set()
+    with pytest.raises(RuntimeUnavailableError):
+        await manager.infer("llama", "hi", {})
+    started = time.monotonic()
+    await manager.stop()
+    _timed("stop after cluster crash", started)
+    assert _alive(recorded) == [] and _session_members(session_id) == []
     print(f"[timings] {json.dumps(TIMINGS)}")
 
 
@@ -354,8 +396,10 @@ async def test_sigkill_of_the_owner_takes_the_cluster_down(tmp_path: Path) -> No
         line = await asyncio.wait_for(asyncio.to_thread(owner.stdout.readline), 180)
         assert line.startswith("READY"), f"owner did not start: {line!r}\n{stderr_path.read_text()[-3000:]}"
         _timed("owner subprocess: import + start cluster + serve", started)
+        session_id = int(line.split()[1])  # ray start leads its own session
         recorded = [p.pid for p in psutil.Process(owner.pid).children(recursive=True)]
-        assert int(line.split()[1]) in recorded and len(recorded) >= 6
+        assert session_id in recorded and len(recorded) >= 6
+        assert set(recorded) - {session_id} <= set(_session_members(session_id))
         owner.send_signal(signal.SIGKILL)
         owner.wait(10)
         started = time.monotonic()
@@ -363,6 +407,7 @@ async def test_sigkill_of_the_owner_takes_the_cluster_down(tmp_path: Path) -> No
             await asyncio.sleep(0.2)
         _timed("cluster gone after SIGKILL of its owner", started)
         assert _alive(recorded) == [], "Ray processes outlived their SIGKILLed owner"
+        assert _session_members(session_id) == []
         assert _processes_mentioning(str(temp_dir)) == []
     finally:
         if owner.poll() is None:

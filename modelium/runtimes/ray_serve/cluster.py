@@ -31,6 +31,8 @@ from pathlib import Path
 
 import psutil
 
+from modelium.runtimes.ray_serve.deployment import LOOPBACK_ENV_VAR
+
 log = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
@@ -71,7 +73,10 @@ def default_temp_dir() -> Path:
 
 
 def port_is_free(port: int, host: str = LOOPBACK) -> bool:
+    """Whether a server could listen on ``port`` now. SO_REUSEADDR as the servers use it:
+    connections of a just-stopped server lingering in TIME_WAIT do not count."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
@@ -190,9 +195,10 @@ class PrivateRayCluster:
 
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)
+        env.pop("RAY_gcs_rpc_server_reconnect_timeout_s", None)  # the driver's setting, not the raylet's
         env.update(LOOPBACK_ENV)
         env["PYTHONUNBUFFERED"] = "1"
-        env["MODELIUM_RAY_LOOPBACK_ONLY"] = "1"  # see deployment.bind_replica_grpc_to_loopback
+        env[LOOPBACK_ENV_VAR] = "1"  # see deployment.bind_replica_grpc_to_loopback (not MODELIUM_*: that prefix is config)
         # On SIGTERM `ray start --block` first drains the node for up to 30 s, waiting for
         # Serve to move replicas elsewhere. A one-node cluster has nowhere to move them, so
         # the wait only delays teardown (a SIGKILLed daemon's cluster lingered 30 s).
@@ -292,7 +298,17 @@ class PrivateRayCluster:
         recorded = self.descendants()
         killed: list[int] = []
         deadline = time.monotonic() + timeout
-        if process.poll() is None:
+        crashed = process.poll() is not None
+        if crashed:
+            # ray start is gone (killed or crashed): nothing will stop its leftovers
+            # (typically the dashboard and runtime-env agents, re-parented to init).
+            for proc in recorded:
+                try:
+                    proc.terminate()
+                except psutil.NoSuchProcess:
+                    pass
+            deadline = time.monotonic() + min(timeout, 3.0)
+        else:
             process.send_signal(signal.SIGTERM)
             try:
                 process.wait(max(deadline - time.monotonic(), 0.1))
@@ -305,7 +321,7 @@ class PrivateRayCluster:
                     pass
                 process.wait(5)
         # Ray stops its children itself; give them the rest of the timeout, then make sure.
-        _, alive = psutil.wait_procs(recorded, timeout=max(deadline - time.monotonic(), 2.0))
+        _, alive = psutil.wait_procs(recorded, timeout=max(deadline - time.monotonic(), 1.0))
         leftovers = {p.pid: p for p in [*alive, *self.descendants()]}
         for proc in leftovers.values():
             try:

@@ -13,7 +13,7 @@ from typing import Any
 
 
 #: Set in the private cluster's environment: keep every socket of a replica on loopback.
-LOOPBACK_ENV_VAR = "MODELIUM_RAY_LOOPBACK_ONLY"
+LOOPBACK_ENV_VAR = "_MODELIUM_RAY_LOOPBACK_ONLY"
 
 
 def bind_replica_grpc_to_loopback() -> bool:

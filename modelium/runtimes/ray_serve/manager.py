@@ -26,6 +26,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -56,8 +58,12 @@ NAMESPACE = "modelium"
 DEPLOYMENT_PREFIX = "modelium-"
 FINGERPRINT_VERSION = 1
 STATUS_POLL_SECONDS = 0.25
+STATUS_TIMEOUT_SECONDS = 30.0
 FINGERPRINT_TIMEOUT_SECONDS = 15.0
-CLUSTER_STOP_TIMEOUT_SECONDS = 30.0
+CLUSTER_STOP_TIMEOUT_SECONDS = 15.0
+STOP_APPS_TIMEOUT_SECONDS = 15.0
+DRIVER_GCS_TIMEOUT_ENV = "RAY_gcs_rpc_server_reconnect_timeout_s"
+DRIVER_GCS_TIMEOUT_SECONDS = 365 * 24 * 3600
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
@@ -76,6 +82,9 @@ def _import_ray(loopback: bool) -> tuple[Any, Any]:
         os.environ.update(LOOPBACK_ENV)
     else:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # A Ray driver whose GCS stays unreachable for this long exits the whole process
+    # (default 60 s): a crashed cluster must make the runtime unhealthy, not kill the daemon.
+    os.environ.setdefault(DRIVER_GCS_TIMEOUT_ENV, str(DRIVER_GCS_TIMEOUT_SECONDS))
     import ray
     from ray import serve
 
@@ -84,6 +93,22 @@ def _import_ray(loopback: bool) -> tuple[Any, Any]:
 
         ray_constants.ENABLE_RAY_CLUSTER = False
     return ray, serve
+
+
+def _reassert_python_signal_handlers() -> None:
+    """Undo the C-level SIGTERM/SIGINT handlers ``ray.init`` installs (absl's failure
+    handler: prints a stack trace on every SIGTERM before chaining to Python's).
+
+    Re-setting the handler Python already has puts Python's own C trampoline back, so
+    ``loop.add_signal_handler`` callbacks (the daemon's clean shutdown) run quietly.
+    Only possible on the main thread; elsewhere this is a no-op.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        handler = signal.getsignal(signum)
+        if handler is not None:
+            signal.signal(signum, handler)
 
 
 def _is_loopback(address: str) -> bool:
@@ -142,13 +167,18 @@ class RayServeManager(RuntimeManager):
     async def start(self) -> None:
         async with self._start_lock:
             if self._started:
-                return
+                if self._cluster_alive():
+                    return
+                # The private cluster died under us: clean up and start a fresh one.
+                log.warning("ray_serve: the private Ray cluster died; restarting it")
+                await self._teardown()
             loopback = self.private or _is_loopback(self.address)
             self._ray, self._serve = await asyncio.to_thread(_import_ray, loopback)
             try:
                 if self.private:
                     await self._start_private_cluster()
                 await asyncio.to_thread(self._connect)
+                _reassert_python_signal_handlers()
                 await asyncio.to_thread(
                     self._serve.start, http_options={"host": "127.0.0.1", "port": self.http_port}
                 )
@@ -197,41 +227,61 @@ class RayServeManager(RuntimeManager):
             raise RuntimeUnavailableError(f"cannot connect to Ray at {target}: {exc}") from exc
         self._owns_connection = True
 
+    def _cluster_alive(self) -> bool:
+        """False when our private cluster's ``ray start`` has exited (joined: always True)."""
+        return self.cluster is None or self.cluster.is_running()
+
     async def stop(self) -> None:
         async with self._start_lock:
             if self._serve is None:
                 return
             try:
-                if self._ray is not None and self._ray.is_initialized():
-                    await self._delete_apps(await self._apps_to_delete())
+                if self._started and self._cluster_alive() and self._ray.is_initialized():
+                    await asyncio.wait_for(self._delete_apps(await self._apps_to_delete()), STOP_APPS_TIMEOUT_SECONDS)
                     if self.private:
-                        await asyncio.to_thread(self._serve.shutdown)
+                        await asyncio.wait_for(asyncio.to_thread(self._serve.shutdown), STOP_APPS_TIMEOUT_SECONDS)
             except Exception:  # noqa: BLE001 - keep going: the processes must still stop
                 log.exception("ray_serve: deleting apps failed; stopping the cluster anyway")
             finally:
                 await self._teardown()
 
     async def _teardown(self) -> None:
-        """Disconnect (if the connection is ours) and stop the private cluster (if any)."""
+        """Disconnect (if the connection is ours) and stop the private cluster (if any).
+
+        Normal order: disconnect, then stop the cluster (the driver must not watch its GCS
+        die). If the cluster already crashed, its leftovers are killed first: ray.shutdown
+        against a dead GCS takes ~15 s.
+        """
         self._started = False
         self._handles.clear()
         self._ours.clear()
+        crashed = self.cluster is not None and not self.cluster.is_running()
+        if crashed:
+            await self._stop_cluster()
         if self._owns_connection and self._ray is not None and self._ray.is_initialized():
             try:
                 await asyncio.to_thread(self._ray.shutdown)
             except Exception:  # noqa: BLE001
                 log.exception("ray.shutdown failed")
         self._owns_connection = False
-        if self.cluster is not None:
-            killed = await asyncio.to_thread(self.cluster.stop, CLUSTER_STOP_TIMEOUT_SECONDS)
-            if killed:
-                log.warning("ray_serve: had to SIGKILL %d Ray processes: %s", len(killed), killed)
+        await self._stop_cluster()
+
+    async def _stop_cluster(self) -> None:
+        if self.cluster is None or self.cluster.process is None:
+            return
+        crashed = not self.cluster.is_running()
+        killed = await asyncio.to_thread(self.cluster.stop, CLUSTER_STOP_TIMEOUT_SECONDS)
+        if killed:
+            log.warning("ray_serve: had to SIGKILL %d Ray processes: %s", len(killed), killed)
+        if crashed:
+            log.warning("ray_serve: keeping %s (Ray's logs) for a post-mortem", self.cluster.temp_dir)
+        else:
             self.cluster.remove_temp_dir()
 
     async def _apps_to_delete(self) -> list[str]:
         if not self.private:
             return sorted(self._ours)
-        status = await asyncio.to_thread(self._serve.status)
+        status = await self._status()
         return sorted(self._ours | set(self._our_apps(status)))
 
     async def _delete_apps(self, names: list[str]) -> None:
@@ -248,6 +298,22 @@ class RayServeManager(RuntimeManager):
     def _require_started(self) -> None:
         if not self._started or self._ray is None or not self._ray.is_initialized():
             raise RuntimeUnavailableError("the Ray Serve runtime is not running")
+        if not self._cluster_alive():
+            raise RuntimeUnavailableError(self._cluster_exit_detail())
+
+    def _cluster_exit_detail(self) -> str:
+        assert self.cluster is not None
+        code = self.cluster.process.returncode if self.cluster.process else None
+        return f"the private Ray cluster exited (code {code}); see {self.cluster.log_path}"
+
+    async def _status(self, timeout: float = STATUS_TIMEOUT_SECONDS) -> Any:
+        """serve.status() off the loop, bounded: a dead cluster must not hang callers."""
+        if not self._cluster_alive():
+            raise RuntimeUnavailableError(self._cluster_exit_detail())
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(self._serve.status), timeout)
+        except TimeoutError as exc:
+            raise RuntimeUnavailableError(f"Ray Serve did not answer within {timeout:.0f}s at {self.gcs_address}") from exc
 
     @staticmethod
     def _our_apps(status: Any) -> dict[str, Any]:
@@ -324,7 +390,7 @@ class RayServeManager(RuntimeManager):
         deadline = time.monotonic() + timeout
         last = "NOT_STARTED"
         while True:
-            status = await asyncio.to_thread(serve.status)
+            status = await self._status()
             app = status.applications.get(name)
             if app is not None:
                 last = str(app.status.value if hasattr(app.status, "value") else app.status)
@@ -349,10 +415,12 @@ class RayServeManager(RuntimeManager):
             log.exception("ray_serve: could not delete app %s after a failed load", name)
 
     async def unload(self, name: str) -> None:
-        self._require_started()
         self._handles.pop(name, None)
+        if not self._started or not self._cluster_alive():
+            self._ours.discard(name)
+            return  # nothing runs: nothing to unload
         self._ours.discard(name)
-        status = await asyncio.to_thread(self._serve.status)
+        status = await self._status()
         if name not in self._our_apps(status):
             return  # unknown (or not ours): nothing to do
         started = time.monotonic()
@@ -390,7 +458,7 @@ class RayServeManager(RuntimeManager):
         if ray is None or not ray.is_initialized():
             return RuntimeUnavailableError(f"Ray is not connected: {_short_error(str(exc))}")
         try:
-            status = await asyncio.wait_for(asyncio.to_thread(self._serve.status), 10)
+            status = await self._status(10)
         except Exception as status_exc:  # noqa: BLE001 - the cluster itself is unreachable
             return RuntimeUnavailableError(f"Ray Serve is unreachable: {status_exc}")
         app = self._our_apps(status).get(name)
@@ -402,18 +470,18 @@ class RayServeManager(RuntimeManager):
 
         if isinstance(exc, (RayActorError, DeploymentUnavailableError, ReplicaUnavailableError)):
             return ModelNotLoadedError(f"model {name!r} lost its Ray Serve replica: {_short_error(str(exc))}")
-        if isinstance(exc, RuntimeError):
-            return exc
-        return RuntimeError(f"{name}: {_short_error(str(exc))}")
+        # Anything else (a bug in the model code, an OOM...) is a server error: keep the
+        # last line of the replica's traceback, not the whole thing.
+        return RuntimeError(f"model {name!r} failed in Ray Serve: {_short_error(str(exc))}")
 
     async def loaded_models(self) -> set[str]:
-        if not self._started:
+        if not self._started or not self._cluster_alive():
             return set()
-        status = await asyncio.to_thread(self._serve.status)
+        status = await self._status()
         return {name for name, app in self._our_apps(status).items() if app.status == "RUNNING"}
 
     async def _describe(self) -> str:
-        status = await asyncio.to_thread(self._serve.status)
+        status = await self._status()
         ours = self._our_apps(status)
         running = sum(1 for app in ours.values() if app.status == "RUNNING")
         where = f"private Ray cluster at {self.gcs_address}" if self.private else f"Ray cluster at {self.gcs_address}"
@@ -422,8 +490,8 @@ class RayServeManager(RuntimeManager):
     async def health(self) -> RuntimeHealth:
         if not self._started:
             return RuntimeHealth(False, "Ray Serve runtime not started")
-        if self.cluster is not None and not self.cluster.is_running():
-            return RuntimeHealth(False, f"the private Ray cluster exited:\n{self.cluster.log_tail(500)}")
+        if not self._cluster_alive():
+            return RuntimeHealth(False, self._cluster_exit_detail())
         try:
             return RuntimeHealth(True, await asyncio.wait_for(self._describe(), 15))
         except Exception as exc:  # noqa: BLE001
@@ -431,7 +499,7 @@ class RayServeManager(RuntimeManager):
 
     async def adopt(self, known_models: dict[str, Path]) -> AdoptionReport:
         self._require_started()
-        status = await asyncio.to_thread(self._serve.status)
+        status = await self._status()
         adopted: list[str] = []
         removed: list[str] = []
         for name, app in sorted(self._our_apps(status).items()):
