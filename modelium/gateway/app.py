@@ -64,10 +64,7 @@ def create_app(orchestrator: Orchestrator, metrics: ModeliumMetrics) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _malformed(_: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = [
-            f"{'.'.join(str(p) for p in err['loc'] if p != 'body') or 'body'}: {err['msg']}"
-            for err in exc.errors()
-        ]
+        problems = [_describe_problem(err) for err in exc.errors()]
         return error_response(422, "invalid_request", "; ".join(problems), details=problems)
 
     @app.get("/health")
@@ -164,6 +161,17 @@ def create_app(orchestrator: Orchestrator, metrics: ModeliumMetrics) -> FastAPI:
         }
 
     return app
+
+
+BODY_HINT = 'expected a JSON body like {"inputs": "text" or ["text", ...], "parameters": {...}}'
+
+
+def _describe_problem(error: dict[str, Any]) -> str:
+    """One line per validation problem, naming the field (``parameters``, ``inputs``...)."""
+    where = ".".join(str(part) for part in error["loc"] if part != "body")
+    if not where:
+        return f"request body: {error['msg']}; {BODY_HINT}"
+    return f"{where}: {error['msg']}"
 
 
 def _unknown(exc: UnknownModelError) -> JSONResponse:

@@ -66,6 +66,8 @@ def test_malformed_body_is_422_naming_the_field(gateway):
     assert "inputs" in message and "input" in message
     assert client.post("/predict/tiny", content=b"not json",
                        headers={"content-type": "application/json"}).status_code == 422
+    empty = client.post("/predict/tiny")
+    assert empty.status_code == 422 and '{"inputs"' in empty.json()["error"]["message"]
 
 
 def test_bad_parameter_is_422_with_runtime_message(gateway):
