@@ -11,7 +11,7 @@ from typing import Any
 
 from modelium.analysis import analyze_folder, estimate_memory
 from modelium.brain import choose_runtime, place
-from modelium.config import ModeliumSettings, ModelOverride
+from modelium.config import ModeliumSettings
 from modelium.discovery import sanitize_model_name
 from modelium.hardware import detect_inventory
 
@@ -26,10 +26,8 @@ def analysis_report(path: Path, settings: ModeliumSettings) -> dict[str, Any]:
     """
     name = sanitize_model_name(path.resolve().name)
     profile = analyze_folder(path, name)
-    override = settings.models.get(name) or ModelOverride()
-    enabled = [r for r, on in (("ray_serve", settings.ray.enabled), ("vllm", settings.vllm.enabled),
-                               ("triton", settings.triton.enabled)) if on]
-    choice = choose_runtime(profile, enabled=enabled, implemented=IMPLEMENTED_RUNTIMES,
+    override = settings.override_for(name)
+    choice = choose_runtime(profile, enabled=settings.enabled_runtimes(), implemented=IMPLEMENTED_RUNTIMES,
                             override=override.runtime)
     inventory = detect_inventory(settings.gpus)
     memory = estimate_memory(

@@ -479,6 +479,12 @@ class ModeliumSettings(_Section):
         """The overrides configured for model ``name`` (all defaults when there are none)."""
         return self.models.get(name) or ModelOverride()
 
+    def enabled_runtimes(self) -> list[str]:
+        """Runtimes switched on in the config, in rule order (the brain filters further)."""
+        flags = (("ray_serve", self.ray.enabled), ("vllm", self.vllm.enabled),
+                 ("triton", self.triton.enabled))
+        return [runtime for runtime, enabled in flags if enabled]
+
     def to_public_dict(self) -> dict[str, Any]:
         """A JSON-able dump of the settings with every API key replaced by ``"***"``."""
         data = self.model_dump(mode="json")

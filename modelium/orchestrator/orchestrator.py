@@ -91,7 +91,7 @@ class Orchestrator:
         return record
 
     def override_for(self, name: str) -> ModelOverride:
-        return self.settings.models.get(name) or ModelOverride()
+        return self.settings.override_for(name)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -208,7 +208,7 @@ class Orchestrator:
         record.set_state(ModelState.LOADING)
         choice = choose_runtime(
             profile,
-            enabled=self._enabled_runtimes(),
+            enabled=self.settings.enabled_runtimes(),
             implemented=tuple(self.managers),
             override=override.runtime,
         )
@@ -435,12 +435,6 @@ class Orchestrator:
             await self.unload(name, reason=reason, reason_code="idle")
 
     # ------------------------------------------------------------------ bookkeeping
-
-    def _enabled_runtimes(self) -> list[str]:
-        settings = self.settings
-        flags = {"ray_serve": settings.ray.enabled, "vllm": settings.vllm.enabled,
-                 "triton": settings.triton.enabled}
-        return [runtime for runtime, enabled in flags.items() if enabled]
 
     def _decide(self, model: str, action: str, reason_code: str, reason: str) -> None:
         """Log, count and remember one decision (listed by GET /decisions)."""
