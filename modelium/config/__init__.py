@@ -21,6 +21,8 @@ from .settings import (
     OrchestrationSettings,
     RaySettings,
     TritonSettings,
+    VllmModelOverride,
+    VllmModelSettings,
     VllmSettings,
 )
 
@@ -37,6 +39,8 @@ __all__ = [
     "OrchestrationSettings",
     "RaySettings",
     "TritonSettings",
+    "VllmModelOverride",
+    "VllmModelSettings",
     "VllmSettings",
     "default_settings_yaml",
     "load_settings",

@@ -180,22 +180,73 @@ class RaySettings(_Section):
         return _resolve_path(value, info)
 
 
-class VllmSettings(_Section):
-    """vLLM runtime: one `vllm serve` child process per model."""
+class VllmModelSettings(_Section):
+    """How one vLLM server is sized; `vllm.default_settings`, overridable per model."""
 
-    enabled: bool = Field(default=False, description="Whether the vLLM runtime is used.")
+    max_model_len: Annotated[int, Field(ge=16)] | None = Field(
+        default=2048, description="Context length served (null = the model's own, capped by vLLM)."
+    )
+    max_num_seqs: int = Field(default=16, ge=1, description="Sequences batched at once.")
+    dtype: NonEmptyStr = Field(default="auto", description="Weights dtype ('auto' = the model's; CPU uses float32 for float16).")
+    kv_cache_bytes: Annotated[int, Field(ge=1)] | None = Field(
+        default=None,
+        description="KV-cache budget in bytes (null = max_model_len x max_num_seqs tokens, "
+        "capped at 4 GiB on CPU).",
+    )
+    enforce_eager: bool = Field(default=False, description="Skip CUDA graphs (less memory, slower). Always on for CPU.")
+    park: bool = Field(
+        default=False,
+        description="GPU only: park (vLLM sleep mode) instead of stopping when evicted.",
+    )
+
+
+class VllmModelOverride(_Section):
+    """Per-model vLLM sizing; unset fields fall back to `vllm.default_settings`."""
+
+    max_model_len: Annotated[int, Field(ge=16)] | None = None
+    max_num_seqs: Annotated[int, Field(ge=1)] | None = None
+    dtype: NonEmptyStr | None = None
+    kv_cache_bytes: Annotated[int, Field(ge=1)] | None = None
+    enforce_eager: bool | None = None
+    park: bool | None = None
+
+
+class VllmSettings(_Section):
+    """vLLM runtime: one supervised vLLM OpenAI server process per model."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Serve causal LMs with vLLM when it is installed (else Ray Serve).",
+    )
+    python: NonEmptyStr = Field(
+        default="auto",
+        description="Interpreter of the venv that has vLLM ('auto' = the project's .venvs/vllm).",
+    )
     base_port: Port = Field(
         default=8100, description="Port of the first vLLM server; later ones count up from it."
     )
-    executable: NonEmptyStr = Field(
-        default="vllm", description="The vllm command (a name on PATH or a full path)."
-    )
     extra_args: list[str] = Field(
-        default_factory=list, description="Extra arguments appended to every `vllm serve`."
+        default_factory=list, description="Extra arguments appended to every vLLM server command."
     )
     startup_timeout_seconds: float = Field(
-        default=600.0, gt=0, description="How long a vLLM server may take to become healthy."
+        default=300.0, gt=0, description="How long a vLLM server may take to become healthy."
     )
+    max_restarts: int = Field(
+        default=3, ge=0, description="Crashes within restart_window_seconds before the model is failed."
+    )
+    restart_window_seconds: float = Field(default=600.0, gt=0, description="See max_restarts.")
+    architectures: list[NonEmptyStr] | None = Field(
+        default=None,
+        description="Architectures to send to vLLM (null = ask the installed vLLM).",
+    )
+    default_settings: VllmModelSettings = Field(default_factory=VllmModelSettings)
+
+    def settings_for(self, override: VllmModelOverride | None) -> VllmModelSettings:
+        """The default settings with a model's overrides applied."""
+        if override is None:
+            return self.default_settings
+        changes = {k: v for k, v in override.model_dump().items() if v is not None}
+        return self.default_settings.model_copy(update=changes)
 
 
 class TritonSettings(_Section):
@@ -305,6 +356,9 @@ class ModelOverride(_Section):
         default=None, description="Cap on the context length (null = the model's own)."
     )
     num_replicas: int = Field(default=1, ge=1, description="Number of replicas to run.")
+    vllm: VllmModelOverride | None = Field(
+        default=None, description="vLLM sizing for this model (over vllm.default_settings)."
+    )
 
 
 _SECTIONS = ("gateway", "ray", "vllm", "triton", "orchestration", "metrics", "discovery", "models")

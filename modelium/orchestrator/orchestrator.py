@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -384,8 +385,7 @@ class Orchestrator:
         record = self.get(name)
         if record.state == ModelState.FAILED:
             raise ModelFailedError(f"model {name!r} failed: {record.reason}")
-        self.metrics.request_started(name)
-        try:
+        async with self.in_flight(name):
             for attempt in (1, 2):
                 record = await self.ensure_loaded(name)
                 manager = self.managers[record.runtime or ""]
@@ -394,10 +394,32 @@ class Orchestrator:
                 except ModelNotLoadedError:
                     if attempt == 2:
                         raise
-                    await self._forget_lost(record, "the runtime no longer had it loaded")
+                    await self.report_lost(name, "the runtime no longer had it loaded")
             raise AssertionError("unreachable")
+
+    async def openai_target(self, name: str) -> tuple[ModelRecord, str | None]:
+        """Load the model if needed; return it with the base URL of its OpenAI server, or
+        None when its runtime has none (the gateway then goes through :meth:`predict`)."""
+        if not self.ready:
+            raise NotReadyError(self.startup_error or "modelium is still starting; retry shortly")
+        record = self.get(name)
+        if record.state == ModelState.FAILED:
+            raise ModelFailedError(f"model {name!r} failed: {record.reason}")
+        record = await self.ensure_loaded(name)
+        return record, self.managers[record.runtime or ""].openai_base_url(name)
+
+    @contextlib.asynccontextmanager
+    async def in_flight(self, name: str) -> AsyncIterator[None]:
+        """Mark a request as being served (busy models are never evicted or idle-unloaded)."""
+        self.metrics.request_started(name)
+        try:
+            yield
         finally:
             self.metrics.request_finished(name)
+
+    async def report_lost(self, name: str, why: str) -> None:
+        """A caller found the model's server gone: forget it so the next request reloads."""
+        await self._forget_lost(self.get(name), why)
 
     async def _forget_lost(self, record: ModelRecord, why: str) -> None:
         async with self._locks[record.name]:

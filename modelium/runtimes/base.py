@@ -93,6 +93,16 @@ class RuntimeManager(ABC):
     async def loaded_models(self) -> set[str]:
         """Names of the models this manager has loaded and that are live right now."""
 
+    def openai_base_url(self, name: str) -> str | None:
+        """Base URL (``http://127.0.0.1:PORT``) of an OpenAI-compatible server that serves
+        this model natively (vLLM), or None: the gateway then adapts OpenAI requests onto
+        :meth:`infer`."""
+        return None
+
+    def exit_reason(self, name: str) -> str | None:
+        """Why the model's server went away (e.g. the tail of its log), when known."""
+        return None
+
     @abstractmethod
     async def adopt(self, known_models: dict[str, Path]) -> AdoptionReport:
         """Deal with models left loaded by an earlier run: keep those in ``known_models``

@@ -44,7 +44,8 @@ def test_defaults(tmp_path: Path) -> None:
     assert settings.gateway.api_keys == []
     assert settings.gpus == "auto"
     assert settings.ray.address == "auto" and settings.ray.temp_dir is None
-    assert settings.vllm.enabled is False and settings.triton.enabled is False
+    assert settings.vllm.enabled is True and settings.triton.enabled is False
+    assert settings.vllm.python == "auto" and settings.vllm.default_settings.max_num_seqs == 16
     assert settings.orchestration.placement == "best-fit"
     assert settings.orchestration.auto_unload_after_seconds == 600
     assert isinstance(settings.orchestration.auto_unload_after_seconds, float)
@@ -328,8 +329,8 @@ def test_env_cannot_nest_under_a_scalar(tmp_path: Path) -> None:
 
 
 def test_env_non_yaml_value_is_a_string(tmp_path: Path) -> None:
-    settings = load({}, tmp_path, env={"MODELIUM_VLLM__EXECUTABLE": "@weird/path"})
-    assert settings.vllm.executable == "@weird/path"
+    settings = load({}, tmp_path, env={"MODELIUM_VLLM__PYTHON": "@weird/path"})
+    assert settings.vllm.python == "@weird/path"
 
 
 def test_modelium_config_is_not_a_key(tmp_path: Path) -> None:
@@ -369,3 +370,13 @@ def test_to_public_dict_hides_api_keys(tmp_path: Path) -> None:
     import json
 
     json.dumps(public)  # JSON-able
+
+
+def test_vllm_per_model_override_merges_over_defaults(tmp_path: Path) -> None:
+    settings = load({"vllm": {"default_settings": {"max_model_len": 512}},
+                     "models": {"llm": {"vllm": {"max_num_seqs": 4}}}}, tmp_path)
+    merged = settings.vllm.settings_for(settings.override_for("llm").vllm)
+    assert (merged.max_model_len, merged.max_num_seqs) == (512, 4)
+    assert settings.vllm.settings_for(None).max_num_seqs == 16
+    message = problems({"models": {"llm": {"vllm": {"max_num_seq": 4}}}}, tmp_path)
+    assert "models.llm.vllm.max_num_seq" in message
