@@ -7,7 +7,7 @@ reason saying so instead of failing at load time.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 
 from modelium.analysis.profile import FORMAT_ONNX, FORMAT_TRITON, ModelProfile
 from modelium.brain.decisions import (
@@ -26,7 +26,14 @@ def _describe(profile: ModelProfile) -> str:
     return f"{profile.task} model {what}"
 
 
-def _why_unusable(runtime: str, enabled: Collection[str], implemented: Collection[str]) -> str:
+def _why_unusable(
+    runtime: str,
+    enabled: Collection[str],
+    implemented: Collection[str],
+    unavailable: Mapping[str, str] | None = None,
+) -> str:
+    if unavailable and runtime in unavailable:
+        return unavailable[runtime]
     if runtime not in enabled:
         return f"{runtime} is not enabled"
     if runtime not in implemented:
@@ -41,9 +48,14 @@ def choose_runtime(
     implemented: Collection[str] = (RUNTIME_RAY_SERVE,),
     override: str = "auto",
     vllm_architectures: Collection[str] | None = None,
+    unavailable: Mapping[str, str] | None = None,
 ) -> RuntimeChoice:
-    """Apply the ordered rules: override, Triton-native formats, causal LMs, other HF models."""
-    usable = {r for r in enabled if r in implemented}
+    """Apply the ordered rules: override, Triton-native formats, causal LMs, other HF models.
+
+    ``unavailable`` maps a runtime that is enabled but cannot be used here to why
+    (e.g. "vllm is enabled but not installed ..."); that text becomes part of the reason.
+    """
+    usable = {r for r in enabled if r in implemented and r not in (unavailable or {})}
     about = _describe(profile)
 
     if override != "auto":
@@ -51,7 +63,7 @@ def choose_runtime(
             return RuntimeChoice(
                 override, f"{about} -> {override}: set by models.{profile.name}.runtime", "override"
             )
-        why = _why_unusable(override, enabled, implemented)
+        why = _why_unusable(override, enabled, implemented, unavailable)
         return RuntimeChoice(
             None,
             f"{about}: models.{profile.name}.runtime is {override!r} but {why}",
@@ -65,7 +77,7 @@ def choose_runtime(
                 f"{profile.format} {about} -> triton: Triton serves this format natively",
                 "triton-native",
             )
-        why = _why_unusable(RUNTIME_TRITON, enabled, implemented)
+        why = _why_unusable(RUNTIME_TRITON, enabled, implemented, unavailable)
         return RuntimeChoice(
             None,
             f"{profile.format} {about} needs triton but {why}; "
@@ -78,12 +90,13 @@ def choose_runtime(
             if vllm_architectures is None or profile.architecture in vllm_architectures:
                 return RuntimeChoice(
                     RUNTIME_VLLM,
-                    f"{about} -> vllm: causal LMs prefer vLLM and it is enabled",
+                    f"{about} -> vllm: causal LMs prefer vLLM, it is installed and serves "
+                    f"{profile.architecture}",
                     "causal-lm-vllm",
                 )
             why_not = f"architecture {profile.architecture} is not served by vLLM"
         else:
-            why_not = _why_unusable(RUNTIME_VLLM, enabled, implemented)
+            why_not = _why_unusable(RUNTIME_VLLM, enabled, implemented, unavailable)
         if RUNTIME_RAY_SERVE in usable:
             return RuntimeChoice(
                 RUNTIME_RAY_SERVE,
@@ -93,7 +106,7 @@ def choose_runtime(
         return RuntimeChoice(
             None,
             f"{about}: {why_not} and "
-            f"{_why_unusable(RUNTIME_RAY_SERVE, enabled, implemented)}",
+            f"{_why_unusable(RUNTIME_RAY_SERVE, enabled, implemented, unavailable)}",
             "no-runtime",
         )
 
@@ -103,7 +116,7 @@ def choose_runtime(
             f"{about} -> triton: Triton's python backend runs transformers for non-causal models",
             "hf-model-triton",
         )
-    why_not = _why_unusable(RUNTIME_TRITON, enabled, implemented)
+    why_not = _why_unusable(RUNTIME_TRITON, enabled, implemented, unavailable)
     if RUNTIME_RAY_SERVE in usable:
         return RuntimeChoice(
             RUNTIME_RAY_SERVE,
@@ -112,6 +125,6 @@ def choose_runtime(
         )
     return RuntimeChoice(
         None,
-        f"{about}: {why_not} and {_why_unusable(RUNTIME_RAY_SERVE, enabled, implemented)}",
+        f"{about}: {why_not} and {_why_unusable(RUNTIME_RAY_SERVE, enabled, implemented, unavailable)}",
         "no-runtime",
     )

@@ -231,10 +231,6 @@ class VllmSettings(_Section):
     startup_timeout_seconds: float = Field(
         default=300.0, gt=0, description="How long a vLLM server may take to become healthy."
     )
-    max_restarts: int = Field(
-        default=3, ge=0, description="Crashes within restart_window_seconds before the model is failed."
-    )
-    restart_window_seconds: float = Field(default=600.0, gt=0, description="See max_restarts.")
     architectures: list[NonEmptyStr] | None = Field(
         default=None,
         description="Architectures to send to vLLM (null = ask the installed vLLM).",
@@ -288,6 +284,11 @@ class OrchestrationSettings(_Section):
     decision_interval_seconds: float = Field(
         default=10.0, gt=0, description="Seconds between two ticks of the control loop."
     )
+    max_restarts: int = Field(
+        default=3, ge=0,
+        description="Crashes of a loaded model within restart_window_seconds before it is failed.",
+    )
+    restart_window_seconds: float = Field(default=600.0, gt=0, description="See max_restarts.")
     placement: Literal["best-fit", "spread"] = Field(
         default="best-fit",
         description="best-fit keeps big holes for big models; spread balances load across GPUs.",

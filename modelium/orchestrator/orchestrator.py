@@ -30,7 +30,8 @@ from modelium.brain import (
     plan_eviction,
 )
 from modelium.config import ModeliumSettings, ModelOverride
-from modelium.hardware import Inventory, MemoryLedger
+from modelium.analysis.profile import MemoryEstimate
+from modelium.hardware import Device, Inventory, MemoryLedger
 from modelium.metrics import ModeliumMetrics
 from modelium.orchestrator.errors import (
     ModelFailedError,
@@ -49,6 +50,7 @@ from modelium.runtimes.base import (
 log = logging.getLogger(__name__)
 
 DECISION_LOG_SIZE = 500
+MAX_RESTART_BACKOFF_SECONDS = 60.0
 
 
 class Orchestrator:
@@ -63,6 +65,8 @@ class Orchestrator:
         metrics: ModeliumMetrics,
         *,
         analyze: Callable[[Path, str], ModelProfile] = analyze_folder,
+        vllm_architectures: frozenset[str] | None = None,
+        unavailable: Mapping[str, str] | None = None,
     ) -> None:
         self.settings = settings
         self.managers = dict(managers)
@@ -70,6 +74,11 @@ class Orchestrator:
         self.ledger = ledger
         self.metrics = metrics
         self._analyze = analyze
+        # What the installed runtimes can do, for the brain: architectures the installed
+        # vLLM serves (config may narrow it), and enabled runtimes that cannot run here.
+        configured = settings.vllm.architectures
+        self.vllm_architectures = frozenset(configured) if configured else vllm_architectures
+        self.unavailable = dict(unavailable or {})
         self._records: dict[str, ModelRecord] = {}
         self._locks: dict[str, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
         self._placement_lock = asyncio.Lock()
@@ -187,7 +196,7 @@ class Orchestrator:
             record = self.get(name)  # may have been replaced while we waited
             if record.state == ModelState.READY:
                 return record
-            if record.profile is None:
+            if record.state == ModelState.FAILED or record.profile is None:
                 raise ModelFailedError(f"model {name!r} failed: {record.reason}")
             await self._load_locked(record)
             return record
@@ -212,6 +221,8 @@ class Orchestrator:
             enabled=self.settings.enabled_runtimes(),
             implemented=tuple(self.managers),
             override=override.runtime,
+            vllm_architectures=self.vllm_architectures,
+            unavailable=self.unavailable,
         )
         record.runtime, record.runtime_reason = choice.runtime, choice.reason
         self._decide(name, "choose_runtime", choice.reason_code, choice.reason)
@@ -219,13 +230,7 @@ class Orchestrator:
             record.set_state(ModelState.FAILED, choice.reason)
             raise ModelFailedError(f"model {name!r} failed: {choice.reason}")
 
-        device_kind = "gpu" if self.inventory.has_gpu else "cpu"
-        record.memory = estimate_memory(
-            profile,
-            device_kind=device_kind,
-            batch_size=override.batch_size,
-            sequence_length=override.max_sequence_length,
-        )
+        record.memory, _ = self._estimate(record, choice.runtime, device=None)
         async with self._placement_lock:
             decision = await self._place_with_eviction(record, override)
             if decision.device is None:
@@ -234,6 +239,7 @@ class Orchestrator:
             self.ledger.reserve(name, decision.device.id, record.memory.total_bytes)
             self.metrics.set_reserved(self.ledger.by_device())
         record.device, record.placement_reason = decision.device.id, decision.reason
+        _, runtime_options = self._estimate(record, choice.runtime, device=decision.device)
 
         manager = self.managers[choice.runtime]
         started = time.monotonic()
@@ -245,7 +251,7 @@ class Orchestrator:
                     profile=profile,
                     device=decision.device,
                     memory=record.memory,
-                    options=_runtime_options(override),
+                    options={**_runtime_options(override), **runtime_options},
                 )
             )
         except Exception as exc:  # noqa: BLE001 - every load failure becomes a reason
@@ -258,10 +264,34 @@ class Orchestrator:
         seconds = time.monotonic() - started
         record.load_seconds, record.loaded_at = round(seconds, 3), time.time()
         record.load_count += 1
+        record.restart_at = None
         record.set_state(ModelState.READY)
         self.metrics.observe_load(name, choice.runtime, seconds, ok=True)
         self.metrics.mark_loaded(name, choice.runtime, decision.device.id)
         self._decide(name, "load", "ok", f"loaded on {decision.device.id} via {choice.runtime} in {seconds:.1f}s")
+
+    def _estimate(self, record: ModelRecord, runtime: str | None,
+                  device: Device | None) -> tuple[MemoryEstimate, dict[str, Any]]:
+        """What the model will reserve in ``runtime``, and the runtime options that follow
+        from it once the device is known (vLLM's memory share and KV budget)."""
+        assert record.profile is not None
+        override = self.override_for(record.name)
+        device_kind = "gpu" if self.inventory.has_gpu else "cpu"
+        if runtime == "vllm":
+            from modelium.runtimes.vllm.memory import vllm_memory
+
+            vllm_settings = self.settings.vllm.settings_for(override.vllm)
+            total = device.total_bytes if device is not None and device.kind == "gpu" else None
+            memory, share, kv_bytes = vllm_memory(
+                record.profile, vllm_settings, device_kind=device_kind, gpu_total_bytes=total
+            )
+            gpu_indices = [device.index] if device is not None and device.index is not None else []
+            return memory, {"vllm": vllm_settings, "gpu_memory_utilization": share,
+                            "kv_cache_bytes": kv_bytes, "gpu_indices": gpu_indices}
+        memory = estimate_memory(record.profile, device_kind=device_kind,
+                                 batch_size=override.batch_size,
+                                 sequence_length=override.max_sequence_length)
+        return memory, {}
 
     async def _place_with_eviction(self, record: ModelRecord, override: ModelOverride) -> PlacementDecision:
         """Place the model; if it fits only after evicting idle models, evict them first."""
@@ -333,11 +363,7 @@ class Orchestrator:
     async def _mark_adopted(self, record: ModelRecord, runtime: str) -> None:
         """A model still loaded from an earlier run: account for it as if we had loaded it."""
         assert record.profile is not None
-        override = self.override_for(record.name)
-        device_kind = "gpu" if self.inventory.has_gpu else "cpu"
-        record.memory = estimate_memory(record.profile, device_kind=device_kind,
-                                        batch_size=override.batch_size,
-                                        sequence_length=override.max_sequence_length)
+        record.memory, _ = self._estimate(record, runtime, device=None)
         async with self._placement_lock:
             decision = self._place(record.memory.total_bytes, None)
             device = decision.device or self.inventory.devices[0]
@@ -422,10 +448,27 @@ class Orchestrator:
         await self._forget_lost(self.get(name), why)
 
     async def _forget_lost(self, record: ModelRecord, why: str) -> None:
+        """The runtime lost a READY model (crash): release it and schedule a restart with
+        back-off, or fail it when it crashed too often within the restart window."""
         async with self._locks[record.name]:
-            if record.state == ModelState.READY:
-                self._release(record, ModelState.UNLOADED, why, "lost")
-                self._decide(record.name, "lost", "lost", why)
+            if record.state != ModelState.READY:
+                return
+            policy = self.settings.orchestration
+            now = time.monotonic()
+            record.crash_times = [t for t in record.crash_times
+                                  if now - t < policy.restart_window_seconds] + [now]
+            crashes = len(record.crash_times)
+            if crashes > policy.max_restarts:
+                reason = (f"crashed {crashes} times within {policy.restart_window_seconds:.0f}s; "
+                          f"last: {why}")
+                self._release(record, ModelState.FAILED, reason, "crashed")
+                self._decide(record.name, "fail", "crash-loop", reason)
+                return
+            delay = min(2.0 ** crashes, MAX_RESTART_BACKOFF_SECONDS)
+            record.restart_at = now + delay
+            reason = f"{why}; restart {crashes} of {policy.max_restarts} in {delay:.0f}s"
+            self._release(record, ModelState.UNLOADED, reason, "crashed")
+            self._decide(record.name, "lost", "crash", reason)
 
     # ------------------------------------------------------------------ control loop
 
@@ -440,12 +483,24 @@ class Orchestrator:
                 log.exception("control loop step failed")
 
     async def reconcile(self) -> None:
-        """Compare wanted and actual state once: find lost models, unload idle ones."""
+        """Compare wanted and actual state once: find crashed models, restart those whose
+        back-off has passed, unload idle ones."""
         for runtime, manager in self.managers.items():
             live = await manager.loaded_models()
             for record in self.models():
                 if record.runtime == runtime and record.state == ModelState.READY and record.name not in live:
-                    await self._forget_lost(record, f"{runtime} no longer serves it (crashed or removed)")
+                    why = manager.exit_reason(record.name) or f"{runtime} no longer serves it (crashed or removed)"
+                    await self._forget_lost(record, why)
+        now = time.monotonic()
+        for record in self.models():
+            if record.restart_at is not None and now >= record.restart_at:
+                record.restart_at = None
+                if record.state == ModelState.UNLOADED:
+                    self._decide(record.name, "restart", "crash", "restarting after a crash")
+                    try:
+                        await self.ensure_loaded(record.name)
+                    except Exception as exc:  # noqa: BLE001 - reason is on the record
+                        log.warning("restart of %s failed: %s", record.name, exc)
         orchestration = self.settings.orchestration
         for name, reason in idle_unload_candidates(
             self._eviction_candidates(),

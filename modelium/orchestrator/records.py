@@ -43,6 +43,8 @@ class ModelRecord:
     load_seconds: float | None = None
     loaded_at: float | None = None  # wall clock
     load_count: int = 0
+    crash_times: list[float] = field(default_factory=list)  # monotonic, within the window
+    restart_at: float | None = None  # monotonic time of a scheduled restart after a crash
     updated_at: float = field(default_factory=time.time)
 
     def set_state(self, state: ModelState, reason: str | None = None) -> None:

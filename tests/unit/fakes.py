@@ -48,6 +48,10 @@ class FakeManager(RuntimeManager):
         self.fail_loads: set[str] = set()
         self.started = self.stopped = False
         self.leftovers: dict[str, Path] = {}
+        self.exit_reasons: dict[str, str] = {}
+
+    def exit_reason(self, name: str) -> str | None:
+        return self.exit_reasons.get(name)
 
     async def start(self) -> None:
         self.started = True

@@ -59,6 +59,13 @@ def test_causal_lm_uses_vllm_when_enabled_and_implemented() -> None:
     assert "LlamaForCausalLM" in c.reason
 
 
+def test_causal_lm_falls_back_when_vllm_is_not_installed() -> None:
+    why = "vllm is enabled but not installed (no interpreter at .venvs/vllm/bin/python)"
+    c = choose_runtime(LLAMA, enabled=ALL, implemented=ALL, unavailable={RUNTIME_VLLM: why})
+    assert c.runtime == RUNTIME_RAY_SERVE and c.reason_code == "causal-lm-fallback"
+    assert why in c.reason
+
+
 def test_vllm_architecture_filter() -> None:
     c = choose_runtime(LLAMA, enabled=ALL, implemented=ALL,
                        vllm_architectures={"MistralForCausalLM"})

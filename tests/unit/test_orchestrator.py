@@ -220,3 +220,40 @@ async def test_adopted_models_are_ready_without_reloading(tmp_path):
     assert record.state == ModelState.READY and "adopted" in record.runtime_reason
     assert ("load", "kept") not in manager.calls
     assert any(d["action"] == "adopt" and d["model"] == "stale" for d in orchestrator.decisions)
+
+
+async def test_crashed_model_restarts_after_backoff_then_fails_when_crash_looping(tmp_path):
+    orchestrator, manager = _orchestrator(tmp_path, orchestration={"max_restarts": 2})
+    manager.exit_reasons = {"a": "vLLM server for a exited with code -9; last log lines: boom"}
+    await orchestrator.start()
+    await orchestrator.add_model("a", make_config_only_model(tmp_path / "models/repository/a"))
+    for crash in (1, 2):
+        manager.loaded.clear()
+        await orchestrator.reconcile()
+        record = orchestrator.get("a")
+        assert record.state == ModelState.UNLOADED
+        assert "exited with code -9" in record.reason and f"restart {crash} of 2" in record.reason
+        assert record.restart_at is not None
+        await orchestrator.reconcile()  # back-off not over yet: still unloaded
+        assert orchestrator.get("a").state == ModelState.UNLOADED
+        record.restart_at = 0.0  # pretend the back-off has passed
+        await orchestrator.reconcile()
+        assert orchestrator.get("a").state == ModelState.READY
+    manager.loaded.clear()
+    await orchestrator.reconcile()
+    record = orchestrator.get("a")
+    assert record.state == ModelState.FAILED and "crashed 3 times" in record.reason
+    assert "boom" in record.reason
+    with pytest.raises(ModelFailedError):
+        await orchestrator.predict("a", "x", {})
+
+
+async def test_enabled_but_missing_runtime_is_named_in_the_reason(tmp_path):
+    settings = settings_from_dict({}, base_dir=tmp_path, env={})
+    inventory = Inventory(devices=(Device("gpu:0", "gpu", 0, 8 * GIB, "simulated"),), source="configured")
+    manager = FakeManager()
+    orchestrator = Orchestrator(settings, {"ray_serve": manager}, inventory, MemoryLedger(),
+                                ModeliumMetrics(), unavailable={"vllm": "vllm is not installed (no .venvs/vllm)"})
+    await orchestrator.start()
+    record = await orchestrator.add_model("a", make_config_only_model(tmp_path / "models/repository/a"))
+    assert record.runtime == "ray_serve" and "vllm is not installed" in record.runtime_reason
