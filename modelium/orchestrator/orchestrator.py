@@ -265,6 +265,7 @@ class Orchestrator:
         record.load_seconds, record.loaded_at = round(seconds, 3), time.time()
         record.load_count += 1
         record.restart_at = None
+        record.endpoint = manager.openai_base_url(name)
         record.set_state(ModelState.READY)
         self.metrics.observe_load(name, choice.runtime, seconds, ok=True)
         self.metrics.mark_loaded(name, choice.runtime, decision.device.id)
@@ -394,6 +395,7 @@ class Orchestrator:
 
     def _release(self, record: ModelRecord, state: ModelState, reason: str, reason_code: str | None) -> None:
         was_loaded = record.state in (ModelState.READY, ModelState.UNLOADING)
+        record.endpoint = None
         self.ledger.release(record.name)
         self.metrics.set_reserved(self.ledger.by_device())
         if was_loaded:

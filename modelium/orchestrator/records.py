@@ -37,6 +37,7 @@ class ModelRecord:
     runtime: str | None = None
     runtime_reason: str | None = None
     device: str | None = None
+    endpoint: str | None = None  # the runtime's own server for this model (vLLM), if any
     placement_reason: str | None = None
     reason: str | None = None  # why it is failed / not loaded / was unloaded
     pinned: bool = False
@@ -60,6 +61,7 @@ class ModelRecord:
             "runtime": self.runtime,
             "runtime_reason": self.runtime_reason,
             "device": self.device,
+            "endpoint": self.endpoint,
             "placement_reason": self.placement_reason,
             "reason": self.reason,
             "pinned": self.pinned,
