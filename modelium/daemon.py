@@ -12,6 +12,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import uvicorn
 
@@ -38,14 +39,27 @@ class _GatewayServer(uvicorn.Server):
         yield
 
 
-def build_managers(settings: ModeliumSettings) -> dict[str, RuntimeManager]:
-    """One manager per enabled runtime that Modelium implements."""
-    managers: dict[str, RuntimeManager] = {}
+@dataclass
+class Runtimes:
+    """The managers to run, and what the brain must know about runtimes that cannot run."""
+
+    managers: dict[str, RuntimeManager] = field(default_factory=dict)
+    unavailable: dict[str, str] = field(default_factory=dict)  # runtime -> why not
+    vllm_architectures: frozenset[str] | None = None
+
+
+def build_runtimes(settings: ModeliumSettings) -> Runtimes:
+    """One manager per enabled runtime that is implemented and installed here.
+
+    Blocking (probing vLLM runs its interpreter once, cached in ``state_dir``): call it in
+    a thread.
+    """
+    runtimes = Runtimes()
     if settings.ray.enabled:
         from modelium.runtimes.ray_serve import RayServeManager  # imports ray: slow
 
         ray = settings.ray
-        managers["ray_serve"] = RayServeManager(
+        runtimes.managers["ray_serve"] = RayServeManager(
             address=ray.address,
             http_port=ray.http_port,
             gcs_port=ray.gcs_port,
@@ -53,10 +67,35 @@ def build_managers(settings: ModeliumSettings) -> dict[str, RuntimeManager]:
             temp_dir=ray.temp_dir,
             start_timeout_seconds=ray.start_timeout_seconds,
         )
-    for runtime, enabled in (("vllm", settings.vllm.enabled), ("triton", settings.triton.enabled)):
-        if enabled:
-            log.warning("%s is enabled in the config but has no manager yet; ignored", runtime)
-    return managers
+    if settings.vllm.enabled:
+        _add_vllm(settings, runtimes)
+    if settings.triton.enabled:
+        runtimes.unavailable["triton"] = "triton is enabled but Modelium has no Triton manager yet"
+    for runtime, why in runtimes.unavailable.items():
+        log.warning("%s: %s", runtime, why)
+    return runtimes
+
+
+def _add_vllm(settings: ModeliumSettings, runtimes: Runtimes) -> None:
+    from modelium.runtimes.vllm import VllmManager
+    from modelium.runtimes.vllm.install import locate
+
+    vllm = settings.vllm
+    install, detail = locate(vllm.python, state_dir=settings.state_dir)
+    if install is None:
+        runtimes.unavailable["vllm"] = detail
+        return
+    log.info("vllm: %s", detail)
+    runtimes.vllm_architectures = install.architectures
+    runtimes.managers["vllm"] = VllmManager(
+        python=install.python,
+        install=install,
+        base_port=vllm.base_port,
+        state_dir=settings.state_dir,
+        default_settings=vllm.default_settings,
+        extra_args=vllm.extra_args,
+        startup_timeout_seconds=vllm.startup_timeout_seconds,
+    )
 
 
 class Daemon:
@@ -78,8 +117,10 @@ class Daemon:
             qps_window_seconds=settings.metrics.qps_window_seconds,
             gpu_memory_source=gpu_memory_usage if inventory.source == "nvml" else None,
         )
-        orchestrator = Orchestrator(settings, build_managers(settings), inventory,
-                                    MemoryLedger(), metrics)
+        runtimes = await asyncio.to_thread(build_runtimes, settings)
+        orchestrator = Orchestrator(settings, runtimes.managers, inventory, MemoryLedger(), metrics,
+                                    vllm_architectures=runtimes.vllm_architectures,
+                                    unavailable=runtimes.unavailable)
         log.info("devices: %s", ", ".join(f"{d.id} ({d.name}, {d.total_bytes / 2**30:.1f} GiB)"
                                            for d in inventory.devices))
 

@@ -9,13 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from modelium.analysis import analyze_folder, estimate_memory
+from modelium.analysis import analyze_folder
 from modelium.brain import choose_runtime, place
 from modelium.config import ModeliumSettings
 from modelium.discovery import sanitize_model_name
 from modelium.hardware import detect_inventory
+from modelium.orchestrator.sizing import size_for_runtime
+from modelium.runtimes.vllm.install import locate
 
-IMPLEMENTED_RUNTIMES = ("ray_serve",)
+IMPLEMENTED_RUNTIMES = ("ray_serve", "vllm")
 GIB = 1024**3
 
 
@@ -27,15 +29,20 @@ def analysis_report(path: Path, settings: ModeliumSettings) -> dict[str, Any]:
     name = sanitize_model_name(path.resolve().name)
     profile = analyze_folder(path, name)
     override = settings.override_for(name)
-    choice = choose_runtime(profile, enabled=settings.enabled_runtimes(), implemented=IMPLEMENTED_RUNTIMES,
-                            override=override.runtime)
+    unavailable: dict[str, str] = {}
+    vllm_architectures = None
+    if settings.vllm.enabled:
+        install, why = locate(settings.vllm.python, state_dir=settings.state_dir)
+        if install is None:
+            unavailable["vllm"] = why
+        else:
+            vllm_architectures = settings.vllm.architectures or install.architectures
+    choice = choose_runtime(profile, enabled=settings.enabled_runtimes(),
+                            implemented=IMPLEMENTED_RUNTIMES, override=override.runtime,
+                            vllm_architectures=vllm_architectures, unavailable=unavailable)
     inventory = detect_inventory(settings.gpus)
-    memory = estimate_memory(
-        profile,
-        device_kind="gpu" if inventory.has_gpu else "cpu",
-        batch_size=override.batch_size,
-        sequence_length=override.max_sequence_length,
-    )
+    memory, _ = size_for_runtime(profile, choice.runtime, settings, override,
+                                 device_kind="gpu" if inventory.has_gpu else "cpu")
     placement = place(
         memory.total_bytes,
         inventory,

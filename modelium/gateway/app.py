@@ -7,10 +7,12 @@ errors to status codes. Errors always have the shape
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -31,6 +33,9 @@ from modelium.orchestrator import (
 from modelium.runtimes.base import ModelNotLoadedError, RuntimeUnavailableError
 from modelium.runtimes.errors import BadRequestError
 
+if TYPE_CHECKING:
+    import httpx
+
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = "30"
@@ -49,10 +54,31 @@ def error_response(
     )
 
 
-def create_app(orchestrator: Orchestrator, metrics: ModeliumMetrics) -> FastAPI:
-    """Build the gateway for one orchestrator (tests build it around fakes)."""
+def create_app(
+    orchestrator: Orchestrator,
+    metrics: ModeliumMetrics,
+    *,
+    http_client_factory: Callable[[], httpx.AsyncClient] | None = None,
+) -> FastAPI:
+    """Build the gateway for one orchestrator (tests build it around fakes).
+
+    ``http_client_factory`` makes the one shared client used to reach runtimes' own HTTP
+    servers (vLLM); it is created on first use and closed when the app shuts down.
+    """
+    # Imported here: openai.py uses this module's error helpers.
+    from modelium.gateway.openai import UpstreamClient, add_openai_routes, generated_token_count
+
     settings = orchestrator.settings
-    app = FastAPI(title="Modelium", version=__version__)
+    upstream = UpstreamClient(http_client_factory)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await upstream.aclose()
+
+    app = FastAPI(title="Modelium", version=__version__, lifespan=lifespan)
     authorized = Depends(api_key_checker(settings.gateway.api_keys))
 
     @app.exception_handler(StarletteHTTPException)
@@ -151,6 +177,10 @@ def create_app(orchestrator: Orchestrator, metrics: ModeliumMetrics) -> FastAPI:
             return response
         seconds = time.perf_counter() - started
         metrics.observe_request(name, runtime, "ok", seconds)
+        tokens = generated_token_count(outputs)
+        if tokens is not None:  # a generation: the whole answer is its first token
+            metrics.observe_time_to_first_token(name, runtime, seconds)
+            metrics.count_generated_tokens(name, runtime, tokens)
         return {
             "model": name,
             "runtime": runtime,
@@ -160,6 +190,7 @@ def create_app(orchestrator: Orchestrator, metrics: ModeliumMetrics) -> FastAPI:
             "request_id": request_id,
         }
 
+    add_openai_routes(app, orchestrator, metrics, upstream, dependencies=[authorized])
     return app
 
 
@@ -194,7 +225,8 @@ def _map_error(exc: Exception) -> JSONResponse:
 
 
 def _status_label(status_code: int) -> str:
-    return {404: "not_found", 409: "failed", 422: "bad_request", 503: "unavailable"}.get(
+    return {400: "bad_request", 404: "not_found", 409: "failed", 422: "bad_request",
+            503: "unavailable"}.get(
         status_code, "error"
     )
 

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from modelium.analysis import InvalidModelError, ModelProfile, analyze_folder, estimate_memory
+from modelium.analysis import InvalidModelError, ModelProfile, analyze_folder
 from modelium.brain import (
     EvictionCandidate,
     PlacementDecision,
@@ -40,6 +40,7 @@ from modelium.orchestrator.errors import (
     UnknownModelError,
 )
 from modelium.orchestrator.records import ModelRecord, ModelState
+from modelium.orchestrator.sizing import size_for_runtime
 from modelium.runtimes.base import (
     LoadRequest,
     ModelNotLoadedError,
@@ -273,26 +274,11 @@ class Orchestrator:
 
     def _estimate(self, record: ModelRecord, runtime: str | None,
                   device: Device | None) -> tuple[MemoryEstimate, dict[str, Any]]:
-        """What the model will reserve in ``runtime``, and the runtime options that follow
-        from it once the device is known (vLLM's memory share and KV budget)."""
         assert record.profile is not None
-        override = self.override_for(record.name)
-        device_kind = "gpu" if self.inventory.has_gpu else "cpu"
-        if runtime == "vllm":
-            from modelium.runtimes.vllm.memory import vllm_memory
-
-            vllm_settings = self.settings.vllm.settings_for(override.vllm)
-            total = device.total_bytes if device is not None and device.kind == "gpu" else None
-            memory, share, kv_bytes = vllm_memory(
-                record.profile, vllm_settings, device_kind=device_kind, gpu_total_bytes=total
-            )
-            gpu_indices = [device.index] if device is not None and device.index is not None else []
-            return memory, {"vllm": vllm_settings, "gpu_memory_utilization": share,
-                            "kv_cache_bytes": kv_bytes, "gpu_indices": gpu_indices}
-        memory = estimate_memory(record.profile, device_kind=device_kind,
-                                 batch_size=override.batch_size,
-                                 sequence_length=override.max_sequence_length)
-        return memory, {}
+        return size_for_runtime(
+            record.profile, runtime, self.settings, self.override_for(record.name),
+            device_kind="gpu" if self.inventory.has_gpu else "cpu", device=device,
+        )
 
     async def _place_with_eviction(self, record: ModelRecord, override: ModelOverride) -> PlacementDecision:
         """Place the model; if it fits only after evicting idle models, evict them first."""

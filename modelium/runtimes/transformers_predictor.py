@@ -12,6 +12,12 @@ Contract:
 * ``predict(inputs, parameters)`` takes a string or a list of strings and returns
   plain JSON types (dict/list/str/int/float/bool).  A string input gives one result,
   a list gives a list of results in the same order.
+* Chat (text-generation only): with ``parameters["chat"] = True`` the inputs are one
+  conversation, a list of ``{"role": "system"|"user"|"assistant", "content": str}``
+  messages (or a list of such conversations); it is rendered with the tokenizer's chat
+  template (``add_generation_prompt=True``) and the reply has the text-generation shape.
+* ``parameters["count_prompt_tokens"] = True`` (generation tasks) adds
+  ``"num_prompt_tokens"`` to each result (the OpenAI adapter reports it as usage).
 * Client mistakes raise :class:`~modelium.runtimes.errors.BadRequestError`.
 """
 
@@ -118,11 +124,12 @@ _GENERATION_PARAMS: dict[str, Validator] = {
     "temperature": _float_param(0.0, 100.0, lo_inclusive=False),
     "top_p": _float_param(0.0, 1.0, lo_inclusive=False),
     "do_sample": _bool_param,
+    "count_prompt_tokens": _bool_param,
 }
 
 # Per task: accepted parameter names and how to validate each.  Anything else is a 422.
 _PARAMETER_SPECS: dict[str, dict[str, Validator]] = {
-    "text-generation": {**_GENERATION_PARAMS, "return_full_text": _bool_param},
+    "text-generation": {**_GENERATION_PARAMS, "return_full_text": _bool_param, "chat": _bool_param},
     "text2text-generation": dict(_GENERATION_PARAMS),
     "fill-mask": {"top_k": _int_param(1, TOP_K_CAP)},
     "text-classification": {"top_k": _int_param(1, TOP_K_CAP)},
@@ -150,6 +157,54 @@ def _validate_inputs(inputs: Any) -> tuple[list[str], bool]:
     if isinstance(inputs, list) and inputs and all(isinstance(x, str) for x in inputs):
         return list(inputs), False
     raise BadRequestError("inputs must be a string or a non-empty list of strings")
+
+
+CHAT_ROLES = ("system", "user", "assistant")
+_CHAT_SHAPE_HINT = 'with chat, inputs must be a list of messages like [{"role": "user", "content": "..."}] (or a list of such lists)'
+
+
+def _validate_conversations(inputs: Any) -> tuple[list[list[dict[str, str]]], bool]:
+    """Chat inputs -> (conversations, was_single); every message normalised to role + content."""
+    if isinstance(inputs, list) and inputs and all(isinstance(m, dict) for m in inputs):
+        return [_validate_messages(inputs, "messages")], True
+    if isinstance(inputs, list) and inputs and all(isinstance(c, list) for c in inputs):
+        return [_validate_messages(c, f"inputs[{i}]") for i, c in enumerate(inputs)], False
+    raise BadRequestError(_CHAT_SHAPE_HINT)
+
+
+def _validate_messages(messages: list[Any], where: str) -> list[dict[str, str]]:
+    if not messages:
+        raise BadRequestError(f"{where} is empty; a conversation needs at least one message")
+    clean = []
+    for i, message in enumerate(messages):
+        at = f"{where}[{i}]"
+        if not isinstance(message, dict):
+            raise BadRequestError(f"{at} must be an object with 'role' and 'content', got {type(message).__name__}")
+        extra = sorted(set(message) - {"role", "content", "name"})
+        if extra:
+            raise BadRequestError(f"{at}: unsupported field(s) {extra}; messages have 'role' and 'content'")
+        role = message.get("role")
+        if role not in CHAT_ROLES:
+            raise BadRequestError(f"{at}.role must be one of {list(CHAT_ROLES)}, got {role!r}")
+        if "content" not in message:
+            raise BadRequestError(f"{at} has no 'content'")
+        clean.append({"role": role, "content": _message_text(message["content"], f"{at}.content")})
+    return clean
+
+
+def _message_text(content: Any, at: str) -> str:
+    """A string, or OpenAI content parts of type "text" (joined); anything else is a 422."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and content:
+        texts = []
+        for j, part in enumerate(content):
+            if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
+                raise BadRequestError(f"{at}[{j}] must be a text part like {{\"type\": \"text\", \"text\": \"...\"}}; "
+                                      "only text content is supported")
+            texts.append(part["text"])
+        return "".join(texts)
+    raise BadRequestError(f"{at} must be a string or a non-empty list of text parts, got {type(content).__name__}")
 
 
 def _to_jsonable(value: Any) -> JSONValue:
@@ -205,8 +260,10 @@ class TransformersPredictor:
 
     def predict(self, inputs: str | list[str], parameters: dict[str, Any] | None = None) -> JSONValue:
         """Run the task; see the module docstring and ``_predict_*`` for output shapes."""
-        texts, single = _validate_inputs(inputs)
         params = _validate_parameters(self.task, parameters)
+        if params.pop("chat", False):
+            return self._predict_chat(inputs, params)
+        texts, single = _validate_inputs(inputs)
         handler = {
             "text-generation": self._predict_text_generation,
             "text2text-generation": self._predict_text2text,
@@ -248,11 +305,17 @@ class TransformersPredictor:
 
     def _predict_text_generation(self, text: str, params: dict[str, Any]) -> dict[str, Any]:
         """-> {"generated_text": str, "num_generated_tokens": int, "finish_reason": "stop"|"length"}."""
+        # True keeps e.g. Llama's BOS, which is what such models were trained with.
+        result = self._generate_from_text(text, params, add_special_tokens=True)
+        if params.get("return_full_text", False):
+            result["generated_text"] = text + result["generated_text"]
+        return result
+
+    def _generate_from_text(self, text: str, params: dict[str, Any], *, add_special_tokens: bool) -> dict[str, Any]:
         kwargs = self._generate_kwargs(params)
         # Tokenize exactly as the pipeline will (we pass add_special_tokens to it too), so
-        # we know where the prompt ends in the returned ids.  True keeps e.g. Llama's BOS,
-        # which is what such models were trained with.
-        prompt_ids = self._tokenizer(text, add_special_tokens=True)["input_ids"]
+        # we know where the prompt ends in the returned ids.
+        prompt_ids = self._tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
         limit = getattr(self._model.config, "max_position_embeddings", None)
         if limit and len(prompt_ids) + kwargs["max_new_tokens"] > limit:
             raise BadRequestError(
@@ -261,12 +324,34 @@ class TransformersPredictor:
             )
         # return_tensors gives token ids, so token counts are exact rather than
         # estimated by re-tokenizing decoded text.
-        [out] = self._pipeline(text, return_tensors=True, add_special_tokens=True, **kwargs)
+        [out] = self._pipeline(text, return_tensors=True, add_special_tokens=add_special_tokens, **kwargs)
         new_ids = list(out["generated_token_ids"])[len(prompt_ids) :]
         result = self._finish(new_ids, kwargs["max_new_tokens"])
-        if params.get("return_full_text", False):
-            result["generated_text"] = text + result["generated_text"]
+        if params.get("count_prompt_tokens", False):
+            result["num_prompt_tokens"] = len(prompt_ids)
         return result
+
+    def _predict_chat(self, inputs: Any, params: dict[str, Any]) -> JSONValue:
+        """Chat mode (see the module docstring): same output shape as text generation."""
+        if self.task != "text-generation":  # the parameter spec already limits chat to it
+            raise BadRequestError(f"chat needs a text-generation model, this one is {self.task}")
+        if params.get("return_full_text", False):
+            raise BadRequestError("parameter 'return_full_text' cannot be used with chat")
+        if not getattr(self._tokenizer, "chat_template", None):
+            raise BadRequestError("model has no chat template; use plain text generation instead")
+        conversations, single = _validate_conversations(inputs)
+        prompts = []
+        for messages in conversations:
+            try:
+                prompts.append(self._tokenizer.apply_chat_template(
+                    messages, tokenize=False, add_generation_prompt=True))
+            except Exception as exc:  # noqa: BLE001 - e.g. a template's raise_exception("roles must alternate")
+                raise BadRequestError(f"the model's chat template rejected the messages: {exc}") from exc
+        with self._lock, torch.inference_mode():
+            # The rendered template already holds the special tokens (BOS...) it wants.
+            results = [_to_jsonable(self._generate_from_text(prompt, params, add_special_tokens=False))
+                       for prompt in prompts]
+        return results[0] if single else results
 
     def _predict_text2text(self, text: str, params: dict[str, Any]) -> dict[str, Any]:
         """Same shape as text-generation (transformers 5 has no text2text pipeline)."""
@@ -274,7 +359,10 @@ class TransformersPredictor:
         encoded = self._tokenizer(text, return_tensors="pt", truncation=True).to(self.device)
         sequence = self._model.generate(**encoded, **kwargs)[0].tolist()
         # Encoder-decoder output starts with the decoder start token, which is not generated.
-        return self._finish(sequence[1:], kwargs["max_new_tokens"])
+        result = self._finish(sequence[1:], kwargs["max_new_tokens"])
+        if params.get("count_prompt_tokens", False):
+            result["num_prompt_tokens"] = int(encoded["input_ids"].shape[1])
+        return result
 
     # ---- encoder tasks ---------------------------------------------------------------
 

@@ -15,7 +15,8 @@ runner = CliRunner()
 def test_analyze_json_has_the_promised_keys(tmp_path):
     folder = make_config_only_model(tmp_path / "Tiny Llama")
     config = tmp_path / "modelium.yaml"
-    config.write_text("gpus: [{id: 0, memory_gb: 24}, {id: 1, memory_gb: 80}]\n")
+    config.write_text("gpus: [{id: 0, memory_gb: 24}, {id: 1, memory_gb: 80}]\n"
+                      "vllm: {python: /nonexistent/python}\n")
     result = runner.invoke(app, ["analyze", str(folder), "--json", "--config", str(config)])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
@@ -24,7 +25,8 @@ def test_analyze_json_has_the_promised_keys(tmp_path):
         assert key in report
     assert report["name"] == "tiny-llama"
     assert report["architecture"] == "LlamaForCausalLM" and report["task"] == "text-generation"
-    assert report["runtime"] == "ray_serve" and "vllm" in report["reason"]
+    assert report["runtime"] == "ray_serve"
+    assert "vllm is enabled but not installed" in report["reason"]
     assert report["memory"]["total_bytes"] > report["memory"]["weights_bytes"] > 0
     assert report["placement"]["fits"] and report["placement"]["device"] == "gpu:0"  # best fit
 

@@ -7,8 +7,8 @@
   with SIGKILL of its process group and of every recorded descendant as the fallback;
 * it carries a parent-death signal (``prctl(PR_SET_PDEATHSIG, SIGTERM)``): when the
   daemon dies, even by SIGKILL, the kernel sends it SIGTERM and the cluster goes away.
-  It is set by a tiny exec wrapper rather than ``preexec_fn`` (which is not safe in a
-  process that has threads). NB: Linux fires the signal when the *thread* that spawned
+  It is set by a tiny exec wrapper (:func:`modelium.runtimes.process.pdeathsig_command`)
+  rather than ``preexec_fn`` (which is not safe in a process that has threads). NB: Linux fires the signal when the *thread* that spawned
   the child exits, so :meth:`PrivateRayCluster.spawn` must run on a long-lived thread
   (the daemon's event-loop thread), never in a short-lived worker thread;
 * every port Ray opens is chosen here (free ports, a private worker-port range), and the
@@ -31,11 +31,10 @@ from pathlib import Path
 
 import psutil
 
+from modelium.runtimes.process import LOOPBACK, pdeathsig_command, port_is_free
 from modelium.runtimes.ray_serve.deployment import LOOPBACK_ENV_VAR
 
 log = logging.getLogger(__name__)
-
-LOOPBACK = "127.0.0.1"
 
 #: Environment for every Ray process of the private cluster and for our driver.
 #: RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 is what keeps Ray on 127.0.0.1 (without it Ray swaps
@@ -52,16 +51,6 @@ WORKER_PORT_RANGE = 100  # ports for worker processes (replicas, controller, pro
 # below 108 bytes; the part Ray appends is ~70 bytes.
 MAX_TEMP_DIR_CHARS = 36
 
-_PDEATHSIG_WRAPPER = r"""
-import ctypes, os, signal, sys
-libc = ctypes.CDLL(None, use_errno=True)
-if libc.prctl(1, signal.SIGTERM, 0, 0, 0) != 0:  # 1 = PR_SET_PDEATHSIG
-    sys.exit("prctl(PR_SET_PDEATHSIG) failed: errno %d" % ctypes.get_errno())
-if os.getppid() != int(sys.argv[1]):  # the parent died before prctl took effect
-    sys.exit(1)
-os.execv(sys.executable, [sys.executable, "-m", "ray.scripts.scripts", *sys.argv[2:]])
-"""
-
 
 class ClusterStartError(RuntimeError):
     """The private cluster did not come up; the message says why."""
@@ -70,18 +59,6 @@ class ClusterStartError(RuntimeError):
 def default_temp_dir() -> Path:
     """Short (unix socket paths!) and unique per daemon process."""
     return Path("/tmp") / f"modelium-ray-{os.getuid()}-{os.getpid()}"
-
-
-def port_is_free(port: int, host: str = LOOPBACK) -> bool:
-    """Whether a server could listen on ``port`` now. SO_REUSEADDR as the servers use it:
-    connections of a just-stopped server lingering in TIME_WAIT do not count."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
 
 
 def free_ports(count: int, host: str = LOOPBACK) -> list[int]:
@@ -191,7 +168,7 @@ class PrivateRayCluster:
         ]
         if self.num_cpus is not None:
             args += ["--num-cpus", str(self.num_cpus)]
-        return [sys.executable, "-c", _PDEATHSIG_WRAPPER, str(os.getpid()), *args]
+        return pdeathsig_command([sys.executable, "-m", "ray.scripts.scripts", *args])
 
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)
