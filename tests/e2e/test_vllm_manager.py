@@ -247,9 +247,13 @@ async def test_crashed_model_comes_back_and_stop_leaves_no_process(manager: Vllm
     await manager.start()  # the fixture's teardown stops it again
 
 
-def test_sigkill_of_the_owner_takes_its_vllm_server_down(tmp_path: Path, model_dirs: dict[str, Path]) -> None:
+async def test_sigkill_of_the_owner_takes_its_vllm_server_down(tmp_path: Path, model_dirs: dict[str, Path]) -> None:
     """The daemon SIGKILLed: the kernel sends the server SIGTERM (parent-death signal) and
     vLLM shuts its engine core down itself."""
+    await asyncio.to_thread(_owner_scenario, tmp_path, model_dirs)
+
+
+def _owner_scenario(tmp_path: Path, model_dirs: dict[str, Path]) -> None:
     pid_file = tmp_path / "pids"
     owner = textwrap.dedent(f"""
         import asyncio, sys, time
@@ -295,5 +299,5 @@ def test_sigkill_of_the_owner_takes_its_vllm_server_down(tmp_path: Path, model_d
             os.kill(pid, signal.SIGKILL)  # only if the test failed: never leave them running
 
 
-def test_print_timings() -> None:
+async def test_print_timings() -> None:
     print("\n[timings] " + ", ".join(f"{k}: {v:.2f}s" for k, v in TIMINGS.items()))

@@ -14,6 +14,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -42,13 +43,16 @@ def flag(name, default=None):
     return args[args.index(name) + 1] if name in args else default
 
 port = int(flag("--port"))
+import threading  # safety net: a fake never outlives a broken test run by long
+threading.Thread(target=lambda: (time.sleep(float(os.environ.get("FAKE_VLLM_LIFETIME", "120"))), os._exit(9)),
+                 daemon=True).start()
 served = flag("--served-model-name", "model")
 mode = os.environ.get("FAKE_VLLM_MODE", "serve")
 for i in range(60):
     print(f"fake vllm log line {i}", flush=True)
 if os.environ.get("FAKE_VLLM_CHILD"):
     child = subprocess.Popen([sys.executable, "-c",
-        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"])
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"])
     with open(os.environ["FAKE_VLLM_CHILD"], "w") as f:
         f.write(str(child.pid))
 if mode == "exit":
@@ -124,6 +128,14 @@ CPU = Device(id="cpu", kind="cpu", index=None, total_bytes=8 << 30, name="host R
 GPU = Device(id="gpu:1", kind="gpu", index=1, total_bytes=80 << 30, name="simulated")
 
 
+@pytest.fixture(autouse=True)
+def _local_connections_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """test_predictor.py forbids socket.connect for the rest of the session (a session
+    fixture); these tests must talk to their local fake servers."""
+    if "connect" in vars(socket.socket):
+        monkeypatch.delattr(socket.socket, "connect")
+
+
 @pytest.fixture
 def fake_script(tmp_path: Path) -> Path:
     path = tmp_path / "fake_vllm.py"
@@ -135,10 +147,30 @@ def _port() -> int:
     return free_ports(1)[0]
 
 
+_STARTED: list[tuple[VllmServer, Path | None]] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_leftovers():
+    """Even when a test fails half-way, its fake servers (and their children) go."""
+    yield
+    while _STARTED:
+        server, child_file = _STARTED.pop()
+        server.stop(timeout=1)
+        if child_file is not None and child_file.exists():
+            try:
+                os.kill(int(child_file.read_text()), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+
+
 def _server(tmp_path: Path, script: Path, *, name: str = "m", client=None, **env: str) -> VllmServer:
     port = _port()
     command = [sys.executable, str(script), "--port", str(port), "--served-model-name", name]
-    return VllmServer(name, command, {**os.environ, **env}, tmp_path / "logs" / f"{name}.log", port, client=client)
+    server = VllmServer(name, command, {**os.environ, **env}, tmp_path / "logs" / f"{name}.log", port, client=client)
+    child = env.get("FAKE_VLLM_CHILD")
+    _STARTED.append((server, Path(child) if child else None))
+    return server
 
 
 def _alive(pid: int) -> bool:
@@ -450,14 +482,16 @@ async def test_manager_cancelled_load_stops_the_server(tmp_path: Path, fake_vllm
     monkeypatch.setenv("FAKE_VLLM_DELAY", "30")
     manager = _manager(tmp_path)
     await manager.start()
-    task = asyncio.create_task(manager.load(_request("a")))
-    await asyncio.sleep(1)
-    pid = manager._servers["a"].pid
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    assert _wait_gone(pid) and manager.ports.allocated == frozenset()
-    await manager.stop()
+    try:
+        task = asyncio.create_task(manager.load(_request("a")))
+        await asyncio.sleep(1)
+        pid = manager._servers["a"].pid
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert _wait_gone(pid) and manager.ports.allocated == frozenset()
+    finally:
+        await manager.stop()
 
 
 async def test_manager_gpu_options_reach_the_command_and_env(tmp_path: Path, fake_vllm: Path) -> None:
@@ -493,10 +527,12 @@ async def test_manager_gpu_options_reach_the_command_and_env(tmp_path: Path, fak
 async def test_cpu_build_refuses_a_gpu_placement(tmp_path: Path, fake_vllm: Path) -> None:
     manager = _manager(tmp_path)
     await manager.start()
-    with pytest.raises(RuntimeLoadError, match="CPU build"):
-        await manager.load(_request("g", GPU))
-    assert manager.ports.allocated == frozenset()
-    await manager.stop()
+    try:
+        with pytest.raises(RuntimeLoadError, match="CPU build"):
+            await manager.load(_request("g", GPU))
+        assert manager.ports.allocated == frozenset()
+    finally:
+        await manager.stop()
 
 
 async def test_adopt_kills_strays_of_this_state_dir_only(tmp_path: Path, fake_vllm: Path) -> None:
@@ -510,12 +546,15 @@ async def test_adopt_kills_strays_of_this_state_dir_only(tmp_path: Path, fake_vl
         await old.load(_request("stray"))
         await other.load(_request("keep"))
         stray_pid, keep_pid = old._servers["stray"].pid, other._servers["keep"].pid
-        old._servers.clear()  # "forgotten", as after a daemon restart
+        stray = old._servers.pop("stray")  # "forgotten", as after a daemon restart
         new = _manager(tmp_path)
-        report = await new.adopt({})
-        assert report.adopted == () and report.removed == ("stray",)
-        assert _wait_gone(stray_pid) and _alive(keep_pid)
-        await new.stop()
+        try:
+            report = await new.adopt({})
+            assert report.adopted == () and report.removed == ("stray",)
+            assert _wait_gone(stray_pid) and _alive(keep_pid)
+        finally:
+            await new.stop()
+            stray.stop(timeout=1)  # reap it (a no-op kill if adopt did its job)
     finally:
         await other.stop()
         await old.stop()

@@ -135,7 +135,8 @@ def build_env(
     * ``CUDA_VISIBLE_DEVICES`` = the placed GPUs (``""`` on CPU: a CPU server must not
       grab a GPU), so vLLM's ``cuda:0`` is the GPU the brain chose.
     * CPU: ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` (faster start-up, 14-19 s instead of
-      18-35 s, measured).
+      18-35 s, measured). The OpenAI server still runs its engine core in a second
+      process (0.32 always does); the variable only keeps the model worker inside it.
     * Caches (vLLM, torch inductor, Hugging Face, anything using XDG) inside
       ``cache_dir``, so nothing lands in ``~/.cache`` or ``/tmp`` and two daemons never
       share a half-written compile cache; offline (``HF_HUB_OFFLINE=1``): models are

