@@ -56,6 +56,14 @@ class EvictionCandidate:
     qps: float
     pinned: bool
     busy: bool  # serving a request right now
+    # Set when evicting this model parks it (vLLM sleep mode) instead of stopping it: the
+    # bytes it keeps reserved on the device while parked.
+    parked_residue_bytes: int | None = None
+
+    @property
+    def freed_bytes(self) -> int:
+        """What evicting it gives back on its device."""
+        return self.reserved_bytes - (self.parked_residue_bytes or 0)
 
 
 @dataclass(frozen=True)

@@ -169,7 +169,7 @@ def plan_eviction(
         if free >= required_bytes:
             break
         victims.append(cand)
-        free += cand.reserved_bytes
+        free += cand.freed_bytes
     if free < required_bytes:
         held = [f"{c.name} ({'pinned' if c.pinned else 'busy'})"
                 for c in on_device if c.pinned or c.busy]
@@ -181,7 +181,8 @@ def plan_eviction(
             False,
         )
     detail = ", ".join(
-        f"{c.name} (idle {c.idle_seconds:.0f}s, {c.qps:.2f} qps, {_gib(c.reserved_bytes)})"
+        f"{c.name} (idle {c.idle_seconds:.0f}s, {c.qps:.2f} qps, {_gib(c.reserved_bytes)}"
+        + (f", parked: keeps {_gib(c.parked_residue_bytes)})" if c.parked_residue_bytes else ")")
         for c in victims
     )
     return EvictionPlan(

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import psutil
 from modelium.analysis import InvalidModelError, ModelProfile, analyze_folder
 from modelium.brain import (
     EvictionCandidate,
@@ -144,7 +145,8 @@ class Orchestrator:
             except Exception:  # noqa: BLE001 - keep stopping the rest
                 log.exception("stopping runtime %s failed", manager.name)
         for record in self._records.values():
-            if record.state in (ModelState.READY, ModelState.LOADING, ModelState.UNLOADING):
+            if record.state in (ModelState.READY, ModelState.LOADING, ModelState.UNLOADING,
+                                ModelState.PARKED):
                 self._release(record, ModelState.UNLOADED, "daemon stopped", "shutdown")
 
     # ------------------------------------------------------------------ drops
@@ -216,6 +218,7 @@ class Orchestrator:
         assert record.profile is not None
         name, profile = record.name, record.profile
         override = self.override_for(name)
+        was_parked = record.state == ModelState.PARKED
         record.set_state(ModelState.LOADING)
         choice = choose_runtime(
             profile,
@@ -244,6 +247,9 @@ class Orchestrator:
 
         manager = self.managers[choice.runtime]
         started = time.monotonic()
+        if was_parked and await self._wake(record, manager):
+            self._finish_load(record, choice.runtime, decision.device.id, time.monotonic() - started)
+            return
         try:
             await manager.load(
                 LoadRequest(
@@ -262,15 +268,27 @@ class Orchestrator:
             self._release(record, ModelState.FAILED, f"load failed: {message}", None)
             self._decide(name, "load", "error", record.reason or "")
             raise ModelFailedError(f"model {name!r} failed: {record.reason}") from exc
-        seconds = time.monotonic() - started
+        self._finish_load(record, choice.runtime, decision.device.id, time.monotonic() - started)
+
+    def _finish_load(self, record: ModelRecord, runtime: str, device_id: str, seconds: float) -> None:
         record.load_seconds, record.loaded_at = round(seconds, 3), time.time()
         record.load_count += 1
         record.restart_at = None
-        record.endpoint = manager.openai_base_url(name)
+        record.endpoint = self.managers[runtime].openai_base_url(record.name)
         record.set_state(ModelState.READY)
-        self.metrics.observe_load(name, choice.runtime, seconds, ok=True)
-        self.metrics.mark_loaded(name, choice.runtime, decision.device.id)
-        self._decide(name, "load", "ok", f"loaded on {decision.device.id} via {choice.runtime} in {seconds:.1f}s")
+        self.metrics.observe_load(record.name, runtime, seconds, ok=True)
+        self.metrics.mark_loaded(record.name, runtime, device_id)
+        self._decide(record.name, "load", "ok", f"ready on {device_id} via {runtime} in {seconds:.2f}s")
+
+    async def _wake(self, record: ModelRecord, manager: RuntimeManager) -> bool:
+        """Wake a parked model; on failure stop it so a normal load can follow."""
+        try:
+            await manager.wake(record.name)  # type: ignore[attr-defined]
+            return True
+        except Exception as exc:  # noqa: BLE001 - fall back to a cold start
+            log.warning("waking %s failed (%s); restarting it", record.name, exc)
+            await manager.unload(record.name)
+            return False
 
     def _estimate(self, record: ModelRecord, runtime: str | None,
                   device: Device | None) -> tuple[MemoryEstimate, dict[str, Any]]:
@@ -285,11 +303,13 @@ class Orchestrator:
         assert record.memory is not None
         required = record.memory.total_bytes
         pinned_device = f"gpu:{override.gpu}" if override.gpu is not None else None
+        if record.device is not None and self.ledger.device_of(record.name) is not None:
+            pinned_device = record.device  # parked: its server lives on that GPU
         orchestration = self.settings.orchestration
         self.ledger.release(record.name)  # a reload must not count its own old reservation
         decision = self._place(required, pinned_device)
         self._decide(record.name, "place", decision.reason_code, decision.reason)
-        if decision.device is not None or decision.reason_code != "no-fit":
+        if decision.device is not None or decision.reason_code not in ("no-fit", "pinned-no-fit"):
             return decision
         for device in self._devices_for(pinned_device):
             plan = plan_eviction(
@@ -302,8 +322,13 @@ class Orchestrator:
             if not plan.feasible:
                 continue
             self._decide(record.name, "evict", "make-room", plan.reason)
+            parkable = {c.name for c in self._eviction_candidates(device.id) if c.parked_residue_bytes}
             for victim in plan.victims:
-                await self.unload(victim, reason=f"evicted to make room for {record.name}", reason_code="evicted")
+                why = f"evicted to make room for {record.name}"
+                if victim in parkable:
+                    await self.park(victim, reason=why)
+                else:
+                    await self.unload(victim, reason=why, reason_code="evicted")
             decision = self._place(required, pinned_device)
             self._decide(record.name, "place", decision.reason_code, decision.reason)
             return decision
@@ -329,7 +354,7 @@ class Orchestrator:
     def _eviction_candidates(self, device_id: str | None = None) -> list[EvictionCandidate]:
         candidates = []
         for record in self._records.values():
-            if record.state != ModelState.READY or record.device is None:
+            if record.state not in (ModelState.READY, ModelState.PARKED) or record.device is None:
                 continue
             if device_id is not None and record.device != device_id:
                 continue
@@ -343,9 +368,53 @@ class Orchestrator:
                     qps=self.metrics.qps(record.name),
                     pinned=record.pinned or record.name in self.settings.orchestration.always_loaded,
                     busy=self.metrics.in_flight(record.name) > 0,
+                    parked_residue_bytes=self._park_residue(record),
                 )
             )
         return candidates
+
+    def _park_residue(self, record: ModelRecord) -> int | None:
+        """GPU bytes the model would keep if parked instead of stopped, or None when it
+        cannot be parked: parking is opt-in (``park``), vLLM-only, GPU-only, and needs
+        host RAM for the weights."""
+        if record.state != ModelState.READY or record.runtime != "vllm" or record.profile is None:
+            return None
+        device = self.inventory.get(record.device or "")
+        if device is None or device.kind != "gpu" or not hasattr(self.managers.get("vllm"), "park"):
+            return None
+        if not self.settings.vllm.settings_for(self.override_for(record.name).vllm).park:
+            return None
+        if psutil.virtual_memory().available < record.profile.weight_bytes * 1.2:
+            return None
+        from modelium.runtimes.vllm.memory import PARK_RESIDUE_BYTES
+
+        return PARK_RESIDUE_BYTES
+
+    async def park(self, name: str, *, reason: str) -> ModelRecord:
+        """Park a READY vLLM model (sleep mode): it keeps only a residue on its GPU and
+        wakes in a fraction of a second on its next request. Falls back to unloading."""
+        record = self.get(name)
+        residue = self._park_residue(record)
+        if residue is None:
+            return await self.unload(name, reason=reason, reason_code="evicted")
+        async with self._locks[name]:
+            try:
+                seconds = await self.managers["vllm"].park(name)
+            except Exception as exc:  # noqa: BLE001 - parking is an optimisation
+                log.warning("parking %s failed (%s); unloading it instead", name, exc)
+                parked = False
+            else:
+                parked = True
+            if parked:
+                assert record.device is not None
+                self.ledger.reserve(name, record.device, residue)
+                self.metrics.set_reserved(self.ledger.by_device())
+                self.metrics.mark_unloaded(name)
+                self.metrics.count_unload(name, "vllm", "parked")
+                record.set_state(ModelState.PARKED, f"{reason} (parked in {seconds:.1f}s)")
+                self._decide(name, "park", "evicted", record.reason or "")
+                return record
+        return await self.unload(name, reason=reason, reason_code="evicted")
 
     async def _mark_adopted(self, record: ModelRecord, runtime: str) -> None:
         """A model still loaded from an earlier run: account for it as if we had loaded it."""
@@ -366,7 +435,7 @@ class Orchestrator:
     async def unload(self, name: str, *, reason: str = "unloaded on request", reason_code: str = "request") -> ModelRecord:
         record = self.get(name)
         async with self._locks[name]:
-            if record.state not in (ModelState.READY, ModelState.LOADING):
+            if record.state not in (ModelState.READY, ModelState.LOADING, ModelState.PARKED):
                 return record
             record.set_state(ModelState.UNLOADING, reason)
             manager = self.managers.get(record.runtime or "")
@@ -380,7 +449,7 @@ class Orchestrator:
             return record
 
     def _release(self, record: ModelRecord, state: ModelState, reason: str, reason_code: str | None) -> None:
-        was_loaded = record.state in (ModelState.READY, ModelState.UNLOADING)
+        was_loaded = record.state in (ModelState.READY, ModelState.UNLOADING)  # PARKED: already counted
         record.endpoint = None
         self.ledger.release(record.name)
         self.metrics.set_reserved(self.ledger.by_device())
@@ -439,7 +508,7 @@ class Orchestrator:
         """The runtime lost a READY model (crash): release it and schedule a restart with
         back-off, or fail it when it crashed too often within the restart window."""
         async with self._locks[record.name]:
-            if record.state != ModelState.READY:
+            if record.state not in (ModelState.READY, ModelState.PARKED):
                 return
             policy = self.settings.orchestration
             now = time.monotonic()
@@ -476,7 +545,8 @@ class Orchestrator:
         for runtime, manager in self.managers.items():
             live = await manager.loaded_models()
             for record in self.models():
-                if record.runtime == runtime and record.state == ModelState.READY and record.name not in live:
+                if record.runtime == runtime and record.state in (ModelState.READY, ModelState.PARKED) \
+                        and record.name not in live:
                     why = manager.exit_reason(record.name) or f"{runtime} no longer serves it (crashed or removed)"
                     await self._forget_lost(record, why)
         now = time.monotonic()

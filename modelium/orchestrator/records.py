@@ -1,6 +1,7 @@
 """The model table's rows: one `ModelRecord` per model name, with its lifecycle state.
 
     DISCOVERED -> ANALYZED -> LOADING -> READY -> UNLOADING -> UNLOADED -> LOADING ...
+                                          READY -> PARKED -> (wake) READY   (vLLM on a GPU)
                                   \\-> FAILED (reason kept; retried on an explicit load)
 """
 
@@ -22,6 +23,7 @@ class ModelState(str, enum.Enum):
     READY = "ready"
     UNLOADING = "unloading"
     UNLOADED = "unloaded"
+    PARKED = "parked"  # vLLM sleep mode: weights in host RAM, woken in ~0.1 s (GPU only)
     FAILED = "failed"
 
 

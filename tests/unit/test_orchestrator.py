@@ -257,3 +257,61 @@ async def test_enabled_but_missing_runtime_is_named_in_the_reason(tmp_path):
     await orchestrator.start()
     record = await orchestrator.add_model("a", make_config_only_model(tmp_path / "models/repository/a"))
     assert record.runtime == "ray_serve" and "vllm is not installed" in record.runtime_reason
+
+
+class FakeParkingManager(FakeManager):
+    """A vLLM-like manager with sleep mode."""
+
+    name = "vllm"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.parked: set[str] = set()
+
+    async def park(self, name: str) -> float:
+        self.calls.append(("park", name))
+        self.parked.add(name)
+        return 0.1
+
+    async def wake(self, name: str) -> float:
+        self.calls.append(("wake", name))
+        self.parked.discard(name)
+        return 0.01
+
+
+async def test_evicted_vllm_models_are_parked_and_woken_on_demand(tmp_path):
+    # Each tiny vLLM server reserves ~1.86e9 B; a parked one keeps 1.6e9 B. On 5.6 GiB
+    # (5.41e9 usable) two fit, and parking one makes room for a third.
+    settings = settings_from_dict({"vllm": {"default_settings": {"park": True}}},
+                                  base_dir=tmp_path, env={})
+    inventory = Inventory(devices=(Device("gpu:0", "gpu", 0, int(5.6 * GIB), "simulated"),),
+                          source="configured")
+    manager = FakeParkingManager()
+    orchestrator = Orchestrator(settings, {"vllm": manager}, inventory, MemoryLedger(), ModeliumMetrics())
+    await orchestrator.start()
+    for name in ("a", "b", "c"):
+        await orchestrator.add_model(name, make_config_only_model(tmp_path / f"models/repository/{name}"))
+    a = orchestrator.get("a")
+    assert a.runtime == "vllm" and a.state == ModelState.PARKED and "parked" in a.reason
+    assert ("park", "a") in manager.calls and ("unload", "a") not in manager.calls
+    assert orchestrator.ledger.reservations()["a"] == ("gpu:0", int(1.6e9))
+    assert orchestrator.get("c").state == ModelState.READY
+
+    record, _ = await orchestrator.predict("a", "hi", {})
+    assert record.state == ModelState.READY and ("wake", "a") in manager.calls
+    assert ("load", "a") == next(c for c in manager.calls if c[1] == "a")  # loaded once only
+    assert orchestrator.get("b").state == ModelState.PARKED  # made room for a
+    assert any(d["action"] == "park" for d in orchestrator.decisions)
+
+
+async def test_parking_needs_the_opt_in(tmp_path):
+    settings = settings_from_dict({}, base_dir=tmp_path, env={})
+    inventory = Inventory(devices=(Device("gpu:0", "gpu", 0, int(5.6 * GIB), "simulated"),),
+                          source="configured")
+    manager = FakeParkingManager()
+    orchestrator = Orchestrator(settings, {"vllm": manager}, inventory, MemoryLedger(), ModeliumMetrics())
+    await orchestrator.start()
+    for name in ("a", "b", "c"):
+        await orchestrator.add_model(name, make_config_only_model(tmp_path / f"models/repository/{name}"))
+    assert orchestrator.get("a").state == ModelState.UNLOADED
+    assert not any(call[0] == "park" for call in manager.calls)

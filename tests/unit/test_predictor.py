@@ -50,7 +50,7 @@ def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {kind: make_model(kind, root / kind) for kind in KIND_TASKS}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def predictors(model_dirs: dict[str, Path]) -> Iterator[dict[str, TransformersPredictor]]:
     """One predictor per kind, loaded with outbound connections forbidden."""
     with pytest.MonkeyPatch.context() as mp:
