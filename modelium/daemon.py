@@ -70,7 +70,7 @@ def build_runtimes(settings: ModeliumSettings) -> Runtimes:
     if settings.vllm.enabled:
         _add_vllm(settings, runtimes)
     if settings.triton.enabled:
-        runtimes.unavailable["triton"] = "triton is enabled but Modelium has no Triton manager yet"
+        _add_triton(settings, runtimes)
     for runtime, why in runtimes.unavailable.items():
         log.warning("%s: %s", runtime, why)
     return runtimes
@@ -95,6 +95,28 @@ def _add_vllm(settings: ModeliumSettings, runtimes: Runtimes) -> None:
         default_settings=vllm.default_settings,
         extra_args=vllm.extra_args,
         startup_timeout_seconds=vllm.startup_timeout_seconds,
+    )
+
+
+def _add_triton(settings: ModeliumSettings, runtimes: Runtimes) -> None:
+    from modelium.runtimes.triton import TritonManager
+    from modelium.runtimes.triton.install import locate_tritonserver
+    from modelium.runtimes.triton.server import PROJECT_ROOT
+
+    triton = settings.triton
+    install = locate_tritonserver(triton.executable, PROJECT_ROOT)
+    if install is None:
+        runtimes.unavailable["triton"] = (
+            f"triton is enabled but no tritonserver was found ({triton.executable!r} is not on "
+            "PATH and .venvs/triton is missing: `make serve` creates it)"
+        )
+        return
+    runtimes.managers["triton"] = TritonManager(
+        install=install,
+        state_dir=settings.state_dir,
+        endpoint=None if triton.endpoint == "auto" else triton.endpoint,
+        startup_timeout_seconds=triton.startup_timeout_seconds,
+        load_timeout_seconds=triton.load_timeout_seconds,
     )
 
 

@@ -17,7 +17,7 @@ from modelium.hardware import detect_inventory
 from modelium.orchestrator.sizing import size_for_runtime
 from modelium.runtimes.vllm.install import locate
 
-IMPLEMENTED_RUNTIMES = ("ray_serve", "vllm")
+IMPLEMENTED_RUNTIMES = ("ray_serve", "vllm", "triton")
 GIB = 1024**3
 
 
@@ -37,6 +37,12 @@ def analysis_report(path: Path, settings: ModeliumSettings) -> dict[str, Any]:
             unavailable["vllm"] = why
         else:
             vllm_architectures = settings.vllm.architectures or install.architectures
+    if settings.triton.enabled:
+        from modelium.runtimes.triton.install import locate_tritonserver
+        from modelium.runtimes.triton.server import PROJECT_ROOT
+
+        if locate_tritonserver(settings.triton.executable, PROJECT_ROOT) is None:
+            unavailable["triton"] = "triton is enabled but no tritonserver was found (`make triton`)"
     choice = choose_runtime(profile, enabled=settings.enabled_runtimes(),
                             implemented=IMPLEMENTED_RUNTIMES, override=override.runtime,
                             vllm_architectures=vllm_architectures, unavailable=unavailable)

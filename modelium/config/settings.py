@@ -248,9 +248,14 @@ class VllmSettings(_Section):
 class TritonSettings(_Section):
     """Triton Inference Server runtime."""
 
-    enabled: bool = Field(default=False, description="Whether the Triton runtime is used.")
+    enabled: bool = Field(
+        default=True,
+        description="Serve Triton-native, ONNX and non-generative HF models with Triton when "
+        "a tritonserver is available (else Ray Serve).",
+    )
     endpoint: NonEmptyStr = Field(
-        default="127.0.0.1:8003", description="host:port of Triton's HTTP endpoint."
+        default="auto",
+        description="host:port of a running Triton's HTTP endpoint to drive, or 'auto' to start our own.",
     )
     executable: NonEmptyStr = Field(
         default="tritonserver", description="The tritonserver command (name on PATH or path)."
@@ -258,11 +263,15 @@ class TritonSettings(_Section):
     startup_timeout_seconds: float = Field(
         default=120.0, gt=0, description="How long tritonserver may take to become ready."
     )
+    load_timeout_seconds: float = Field(
+        default=300.0, gt=0, description="How long one model may take to load in Triton."
+    )
 
     @field_validator("endpoint")
     @classmethod
     def _check_endpoint(cls, value: str) -> str:
-        return _check_host_port(value)
+        # "auto": Modelium starts and supervises its own tritonserver (on free loopback ports).
+        return value if value == "auto" else _check_host_port(value)
 
 
 class OrchestrationSettings(_Section):

@@ -8,6 +8,7 @@ errors to status codes. Errors always have the shape
 from __future__ import annotations
 
 import contextlib
+import asyncio
 import logging
 import time
 import uuid
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = "30"
+RUNTIME_METRICS_TIMEOUT = 5.0  # seconds a runtime's own /metrics may take per scrape
 
 
 def error_response(
@@ -114,6 +116,13 @@ def create_app(
     @app.get("/metrics")
     async def prometheus_metrics() -> Response:
         body, content_type = metrics.render()
+        for manager in orchestrator.managers.values():
+            try:
+                extra = await asyncio.wait_for(manager.metrics_text(), RUNTIME_METRICS_TIMEOUT)
+            except Exception:  # noqa: BLE001 - a down runtime must not break the scrape
+                extra = None
+            if extra:
+                body += extra.encode() if extra.endswith("\n") else (extra + "\n").encode()
         return Response(content=body, media_type=content_type)
 
     @app.get("/models", dependencies=[authorized])

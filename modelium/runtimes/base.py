@@ -99,6 +99,11 @@ class RuntimeManager(ABC):
         :meth:`infer`."""
         return None
 
+    async def metrics_text(self) -> str | None:
+        """The runtime's own Prometheus metrics (text format) to append to Modelium's
+        /metrics, so one scrape sees both; None when there are none to add."""
+        return None
+
     def exit_reason(self, name: str) -> str | None:
         """Why the model's server went away (e.g. the tail of its log), when known."""
         return None

@@ -69,8 +69,9 @@ def daemon(tmp_path_factory):
         "log_format": "text",
         "gateway": {"host": "127.0.0.1", "port": port},
         "ray": {"http_port": _free_port(), "gcs_port": _free_port(), "num_cpus": 2},
-        # Ray Serve serves both models here; the vLLM path has its own test module.
+        # Ray Serve serves both models here; vLLM and Triton have their own test modules.
         "vllm": {"enabled": False},
+        "triton": {"enabled": False},
         "metrics": {"port": _free_port()},
         "discovery": {"settle_seconds": 1.0, "rescan_interval_seconds": 2.0},
     }

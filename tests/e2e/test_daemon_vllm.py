@@ -55,6 +55,7 @@ def vllm_daemon(tmp_path_factory):
         "failed_dir": "failed", "state_dir": "state",
         "gateway": {"port": port},
         "ray": {"enabled": False},
+        "triton": {"enabled": False},
         "metrics": {"port": None},
         "vllm": {"base_port": _free_port(), "startup_timeout_seconds": 400,
                  "default_settings": {"max_model_len": 256, "max_num_seqs": 4,

@@ -44,7 +44,8 @@ def test_defaults(tmp_path: Path) -> None:
     assert settings.gateway.api_keys == []
     assert settings.gpus == "auto"
     assert settings.ray.address == "auto" and settings.ray.temp_dir is None
-    assert settings.vllm.enabled is True and settings.triton.enabled is False
+    assert settings.vllm.enabled is True and settings.triton.enabled is True
+    assert settings.triton.endpoint == "auto"
     assert settings.vllm.python == "auto" and settings.vllm.default_settings.max_num_seqs == 16
     assert settings.orchestration.placement == "best-fit"
     assert settings.orchestration.auto_unload_after_seconds == 600

@@ -1,0 +1,219 @@
+"""TritonManager against a real tritonserver (the one bundled in ``.venvs/triton``,
+``make triton``): load, infer, a failing model, unload, a killed server, stop."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from modelium.analysis import analyze_folder
+from modelium.analysis.profile import MemoryEstimate
+from modelium.hardware.devices import Device
+from modelium.runtimes.base import LoadRequest, ModelNotLoadedError, RuntimeLoadError
+from modelium.runtimes.errors import BadRequestError
+from modelium.runtimes.triton import TritonManager, locate_tritonserver
+
+pytestmark = pytest.mark.e2e
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+CPU = Device(id="cpu", kind="cpu", index=None, total_bytes=16 << 30, name="host RAM")
+MEMORY = MemoryEstimate(weights_bytes=0, kv_cache_bytes=0, activation_bytes=0, runtime_overhead_bytes=0,
+                        batch_size=1, sequence_length=1, device_kind="cpu")
+
+ADD_ONE_CONFIG = '''name: "NAME"
+backend: "python"
+max_batch_size: 8
+input [ { name: "X", data_type: TYPE_FP32, dims: [ -1 ] } ]
+output [ { name: "Y", data_type: TYPE_FP32, dims: [ -1 ] } ]
+instance_group [ { kind: KIND_CPU, count: 1 } ]
+dynamic_batching { }
+'''
+
+ADD_ONE_MODEL = '''
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        pass
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "X").as_numpy()
+            out = pb_utils.Tensor("Y", (x + 1).astype(np.float32))
+            responses.append(pb_utils.InferenceResponse(output_tensors=[out]))
+        return responses
+'''
+
+BAD_MODEL = '''
+class TritonPythonModel:
+    def initialize(self, args):
+        raise RuntimeError("modelium-test: this model refuses to initialize")
+
+    def execute(self, requests):
+        return []
+'''
+
+
+def _python_model(folder: Path, name: str, source: str) -> Path:
+    (folder / "1").mkdir(parents=True)
+    (folder / "config.pbtxt").write_text(ADD_ONE_CONFIG.replace("NAME", name))
+    (folder / "1" / "model.py").write_text(source)
+    return folder
+
+
+def _request(name: str, folder: Path) -> LoadRequest:
+    profile = analyze_folder(folder, name)
+    return LoadRequest(name=name, model_dir=folder, profile=profile, device=CPU, memory=MEMORY)
+
+
+def _tree(pid: int) -> list[int]:
+    try:
+        proc = psutil.Process(pid)
+        return [pid, *(child.pid for child in proc.children(recursive=True))]
+    except psutil.Error:
+        return []
+
+
+def _alive(pids: list[int]) -> list[int]:
+    alive = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                alive.append(pid)
+        except psutil.Error:
+            pass
+    return alive
+
+
+@pytest.fixture
+def install():
+    found = locate_tritonserver("modelium-no-such-tritonserver", PROJECT_ROOT)
+    assert found is not None, "no tritonserver: run `make triton` (creates .venvs/triton)"
+    return found
+
+
+async def test_triton_manager_end_to_end(tmp_path: Path, install) -> None:
+    manager = TritonManager(install=install, state_dir=tmp_path / "state", endpoint=None,
+                            startup_timeout_seconds=60, load_timeout_seconds=120)
+    seen_pids: list[int] = []
+    try:
+        await manager.start()
+        assert manager.server is not None and manager.server.ready
+        assert (await manager.health()).ok
+
+        # A folder with its own config.pbtxt + python model, served as given.
+        add_one = _python_model(tmp_path / "drops" / "add-one", "whatever", ADD_ONE_MODEL)
+        await manager.load(_request("add-one", add_one))
+        assert await manager.loaded_models() == {"add-one"}
+        out = await manager.infer("add-one", {"X": [[1.0, 2.0, 3.0]]}, {})
+        assert out == {"Y": [[2.0, 3.0, 4.0]]}
+        with pytest.raises(BadRequestError):
+            await manager.infer("add-one", {"X": [["a"]]}, {})  # not FP32
+        with pytest.raises(BadRequestError, match="Triton rejected"):
+            await manager.infer("add-one", {"X": [1.0, 2.0]}, {})  # rank 1: the batch dim is missing
+        with pytest.raises(BadRequestError):
+            await manager.infer("add-one", "some text", {})  # not a text model
+        assert "nv_inference_request_success" in await manager.metrics_text()
+
+        # A model whose initialize raises: Triton's own message, the others keep serving.
+        bad = _python_model(tmp_path / "drops" / "bad", "bad", BAD_MODEL)
+        with pytest.raises(RuntimeLoadError, match="refuses to initialize"):
+            await manager.load(_request("bad", bad))
+        assert await manager.loaded_models() == {"add-one"}
+        assert await manager.infer("add-one", {"X": [[0.0]]}, {}) == {"Y": [[1.0]]}
+
+        # Unload: the index says UNAVAILABLE when unload() returns.
+        await manager.load(_request("add-two", _python_model(tmp_path / "drops" / "add-two", "x", ADD_ONE_MODEL)))
+        assert await manager.loaded_models() == {"add-one", "add-two"}
+        await manager.unload("add-two")
+        index = {e["name"]: e for e in await manager.repository_index()}
+        assert index.get("add-two", {}).get("state", "UNAVAILABLE") == "UNAVAILABLE"
+        assert await manager.loaded_models() == {"add-one"}
+        with pytest.raises(ModelNotLoadedError):
+            await manager.infer("add-two", {"X": [[0.0]]}, {})
+        await manager.unload("never-loaded")  # no-op
+
+        # kill -9 tritonserver: detected, stubs gone with it, next load restarts it.
+        server = manager.server
+        assert server is not None and server.pid is not None
+        first_tree = _tree(server.pid)
+        assert len(first_tree) >= 2, "the python model's stub should run under tritonserver"
+        seen_pids += first_tree
+        os.kill(server.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while server.alive and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert await manager.loaded_models() == set()
+        reason = manager.exit_reason("add-one")
+        assert reason is not None and "exited with code -9" in reason
+        assert not (await manager.health()).ok
+        with pytest.raises(ModelNotLoadedError):
+            await manager.infer("add-one", {"X": [[0.0]]}, {})
+        await manager.load(_request("add-one", add_one))  # restarts the server first
+        assert manager.server is not server and manager.restarts == 1
+        assert manager.exit_reason("add-one") is None
+        assert await manager.infer("add-one", {"X": [[41.0]]}, {}) == {"Y": [[42.0]]}
+        deadline = time.monotonic() + 10  # the old stub notices its parent died
+        while _alive(first_tree) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _alive(first_tree) == []
+        assert manager.server is not None and manager.server.pid is not None
+        seen_pids += _tree(manager.server.pid)
+    finally:
+        await manager.stop()
+    # stop(): no tritonserver, no stub left.
+    assert _alive(seen_pids) == []
+    assert manager.server is None
+
+
+_DAEMON_SCRIPT = '''
+import asyncio, json, sys, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from tests.e2e.test_triton_manager import ADD_ONE_MODEL, _python_model, _request, _tree
+from modelium.runtimes.triton import TritonManager, locate_tritonserver
+
+async def main():
+    tmp = Path(sys.argv[2])
+    manager = TritonManager(install=locate_tritonserver("modelium-no-such-tritonserver", Path(sys.argv[1])),
+                            state_dir=tmp / "state", endpoint=None, startup_timeout_seconds=60)
+    await manager.start()
+    await manager.load(_request("add-one", _python_model(tmp / "add-one", "x", ADD_ONE_MODEL)))
+    print(json.dumps(_tree(manager.server.pid)), flush=True)
+    await asyncio.sleep(600)
+
+asyncio.run(main())
+'''
+
+
+def test_daemon_killed_leaves_no_triton_process(tmp_path: Path) -> None:
+    """The daemon is SIGKILLed: the parent-death signal takes tritonserver and its stubs down."""
+    import json
+    import subprocess
+    import sys
+
+    daemon = subprocess.Popen([sys.executable, "-c", _DAEMON_SCRIPT, str(PROJECT_ROOT), str(tmp_path)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        line = daemon.stdout.readline() if daemon.stdout else ""
+        assert line, "the daemon stand-in did not report its tritonserver"
+        pids = json.loads(line)
+        assert len(pids) >= 2  # tritonserver + the model's stub
+        daemon.kill()
+        daemon.wait(timeout=10)
+        deadline = time.monotonic() + 30
+        while _alive(pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _alive(pids) == []
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait(timeout=10)
