@@ -7,19 +7,12 @@ SIGTERM leaves no Triton process behind."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import psutil
 import pytest
 import requests
-import yaml
 
 from examples.make_tiny_models import make_model
 from tests.e2e.fixtures_triton import (
@@ -29,11 +22,15 @@ from tests.e2e.fixtures_triton import (
     make_python_model_with_config,
     onnx_reference,
 )
-from tests.e2e.test_daemon import _free_port, _wait_for
+from tests.e2e.daemon_harness import (
+    assert_sigterm_leaves_nothing,
+    free_port,
+    running_daemon,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 
-REPO = Path(__file__).resolve().parents[2]
 MODELS = ("tiny-bert", "tiny-onnx", "add-one", "broken")
 
 
@@ -52,60 +49,31 @@ def _http_port(server: psutil.Process) -> int:
     return int(flag.split("=", 1)[1])
 
 
-def _model(url: str, name: str) -> dict:
-    response = requests.get(f"{url}/models/{name}", timeout=5)
-    return response.json() if response.status_code == 200 else {"state": None}
-
-
 @pytest.fixture(scope="module")
 def triton_daemon(tmp_path_factory):
-    home = tmp_path_factory.mktemp("triton-daemon")
-    port = _free_port()
     config = {
         "log_format": "text",
         "incoming_dir": "incoming", "model_repository": "repository",
         "failed_dir": "failed", "state_dir": "state",
-        "gateway": {"port": port},
+        "gateway": {"port": free_port()},
         "ray": {"enabled": False},
         "vllm": {"enabled": False},
         "metrics": {"port": None},
         "orchestration": {"decision_interval_seconds": 1},
         "discovery": {"settle_seconds": 1.0, "rescan_interval_seconds": 2.0},
     }
-    (home / "modelium.yaml").write_text(yaml.safe_dump(config))
-    log_path = home / "daemon.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELIUM_")}
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "modelium", "serve", "--config", str(home / "modelium.yaml")],
-            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=REPO,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_for(lambda: requests.get(f"{url}/health", timeout=2).status_code == 200,
-                  120, "daemon health", log_path)
+    with running_daemon(tmp_path_factory.mktemp("triton-daemon"), config) as daemon:
         made = tmp_path_factory.mktemp("made")
         make_model("bert-classifier", made / "tiny-bert")
         make_onnx_model(made / "tiny-onnx")
         make_python_model_with_config(made / "add-one", "whatever-name")
         make_failing_python_model(made / "broken", "broken")
         for name in MODELS:
-            shutil.copytree(made / name, home / "incoming" / name)
+            shutil.copytree(made / name, daemon.home / "incoming" / name)
         for name in MODELS:
-            _wait_for(lambda n=name: _model(url, n)["state"] in ("ready", "failed"), 240,
-                      f"{name} settled", log_path)
-        yield {"url": url, "process": process, "log": log_path}
-    finally:
-        if process.poll() is None:
-            leftovers = psutil.Process(process.pid).children(recursive=True)
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(90)
-            except subprocess.TimeoutExpired:
-                process.kill()
-            for child in leftovers:
-                if child.is_running():
-                    child.kill()
+            daemon.wait_for(lambda n=name: daemon.model(n)["state"] in ("ready", "failed"), 240,
+                            f"{name} settled")
+        yield daemon
 
 
 def _predict(url: str, name: str, inputs, parameters=None) -> requests.Response:
@@ -114,9 +82,9 @@ def _predict(url: str, name: str, inputs, parameters=None) -> requests.Response:
 
 
 def test_models_load_into_triton_and_answer(triton_daemon):
-    url = triton_daemon["url"]
+    url = triton_daemon.url
     for name in ("tiny-bert", "tiny-onnx", "add-one"):
-        detail = _model(url, name)
+        detail = triton_daemon.model(name)
         assert detail["state"] == "ready" and detail["runtime"] == "triton", detail
         assert "triton" in detail["runtime_reason"]
 
@@ -143,8 +111,8 @@ def test_models_load_into_triton_and_answer(triton_daemon):
 
 
 def test_failed_triton_load_shows_tritons_error(triton_daemon):
-    url = triton_daemon["url"]
-    broken = _model(url, "broken")
+    url = triton_daemon.url
+    broken = triton_daemon.model("broken")
     assert broken["state"] == "failed" and FAILING_MESSAGE in broken["reason"]
     refused = _predict(url, "broken", {"INPUT0": [1.0]})
     assert refused.status_code == 409 and FAILING_MESSAGE in refused.json()["error"]["message"]
@@ -152,14 +120,14 @@ def test_failed_triton_load_shows_tritons_error(triton_daemon):
 
 
 def test_one_scrape_sees_tritons_metrics(triton_daemon):
-    text = requests.get(f"{triton_daemon['url']}/metrics", timeout=10).text
+    text = requests.get(f"{triton_daemon.url}/metrics", timeout=10).text
     assert "modelium_requests_total" in text and "nv_inference_request_success" in text
 
 
 def test_unload_makes_triton_report_unavailable(triton_daemon):
-    url = triton_daemon["url"]
+    url = triton_daemon.url
     assert requests.post(f"{url}/models/add-one/unload", timeout=60).json()["state"] == "unloaded"
-    port = _http_port(_tritonserver(triton_daemon["process"].pid))
+    port = _http_port(_tritonserver(triton_daemon.process.pid))
     index = requests.post(f"http://127.0.0.1:{port}/v2/repository/index", timeout=10).json()
     states = {entry["name"]: entry.get("state") for entry in index}
     assert states.get("add-one") in (None, "UNAVAILABLE"), states
@@ -168,27 +136,19 @@ def test_unload_makes_triton_report_unavailable(triton_daemon):
 
 
 def test_killed_tritonserver_is_detected_and_models_come_back(triton_daemon):
-    url = triton_daemon["url"]
-    server = _tritonserver(triton_daemon["process"].pid)
+    url = triton_daemon.url
+    server = _tritonserver(triton_daemon.process.pid)
     server.kill()
-    _wait_for(lambda: _model(url, "tiny-onnx")["state"] != "ready", 30, "crash detected",
-              triton_daemon["log"])
-    _wait_for(lambda: all(_model(url, n)["state"] == "ready" for n in ("tiny-onnx", "tiny-bert")),
-              240, "models back", triton_daemon["log"])
-    assert _tritonserver(triton_daemon["process"].pid).pid != server.pid
+    wait_for(lambda: triton_daemon.model("tiny-onnx")["state"] != "ready", 30, "crash detected",
+              triton_daemon.log)
+    wait_for(lambda: all(triton_daemon.model(n)["state"] == "ready" for n in ("tiny-onnx", "tiny-bert")),
+              240, "models back", triton_daemon.log)
+    assert _tritonserver(triton_daemon.process.pid).pid != server.pid
     again = _predict(url, "tiny-onnx", {"INPUT": [[1.0, 1.0, 1.0, 1.0]]})
     assert again.status_code == 200, again.text
 
 
 def test_sigterm_leaves_no_triton_process(triton_daemon):
-    process = triton_daemon["process"]
-    descendants = psutil.Process(process.pid).children(recursive=True)
-    assert any(p.name() == "tritonserver" for p in descendants)
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(120) == 0, triton_daemon["log"].read_text()[-4000:]
-    deadline = time.monotonic() + 30
-    alive = descendants
-    while alive and time.monotonic() < deadline:
-        alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-        time.sleep(0.5)
-    assert not alive, [(p.pid, p.name()) for p in alive]
+    server = _tritonserver(triton_daemon.process.pid)
+    stopped = assert_sigterm_leaves_nothing(triton_daemon)
+    assert server.pid in {p.pid for p in stopped}

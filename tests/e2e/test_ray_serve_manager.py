@@ -36,7 +36,7 @@ from modelium.hardware.devices import Device
 from modelium.runtimes.base import LoadRequest, ModelNotLoadedError, RuntimeLoadError, RuntimeUnavailableError
 from modelium.runtimes.errors import BadRequestError
 from modelium.runtimes.ray_serve import RayServeManager, folder_signature
-from modelium.runtimes.ray_serve.cluster import free_ports
+from modelium.runtimes.process import free_ports
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 

@@ -15,8 +15,8 @@ from modelium.runtimes.triton.server import (
     build_backend_dir,
     build_command,
     build_env,
-    free_ports,
 )
+from modelium.runtimes.process import free_ports
 from modelium.runtimes.errors import BadRequestError
 
 

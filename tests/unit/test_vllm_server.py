@@ -30,7 +30,8 @@ from modelium.config.settings import VllmModelSettings
 from modelium.hardware.devices import Device
 from modelium.runtimes.base import LoadRequest, ModelNotLoadedError, RuntimeLoadError
 from modelium.runtimes.errors import BadRequestError
-from modelium.runtimes.ray_serve.cluster import free_port_range, free_ports
+from modelium.runtimes.process import free_ports
+from modelium.runtimes.ray_serve.cluster import free_port_range
 from modelium.runtimes.vllm import VllmInstall, VllmManager, VllmServer
 
 FAKE_SERVER = r'''

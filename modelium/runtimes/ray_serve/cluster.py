@@ -22,7 +22,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,7 +30,7 @@ from pathlib import Path
 
 import psutil
 
-from modelium.runtimes.process import LOOPBACK, pdeathsig_command, port_is_free
+from modelium.runtimes.process import LOOPBACK, free_ports, pdeathsig_command, port_is_free
 from modelium.runtimes.ray_serve.deployment import LOOPBACK_ENV_VAR
 
 log = logging.getLogger(__name__)
@@ -59,20 +58,6 @@ class ClusterStartError(RuntimeError):
 def default_temp_dir() -> Path:
     """Short (unix socket paths!) and unique per daemon process."""
     return Path("/tmp") / f"modelium-ray-{os.getuid()}-{os.getpid()}"
-
-
-def free_ports(count: int, host: str = LOOPBACK) -> list[int]:
-    """``count`` distinct ports the OS says are free right now (all held until chosen)."""
-    sockets: list[socket.socket] = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind((host, 0))
-            sockets.append(sock)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def free_port_range(size: int, *, avoid: Iterable[int] = (), low: int = 20000, high: int = 32000) -> int:

@@ -386,7 +386,6 @@ class RayServeManager(RuntimeManager):
         log.info("ray_serve: %s RUNNING after %.1fs (task %s, %s)", name, time.monotonic() - started, task, device)
 
     async def _wait_running(self, name: str, timeout: float) -> None:
-        serve = self._serve
         deadline = time.monotonic() + timeout
         last = "NOT_STARTED"
         while True:

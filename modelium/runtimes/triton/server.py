@@ -33,7 +33,6 @@ import asyncio
 import logging
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections import deque
@@ -45,7 +44,7 @@ import httpx
 import psutil
 
 from modelium.runtimes.base import RuntimeUnavailableError
-from modelium.runtimes.process import LOOPBACK, pdeathsig_command
+from modelium.runtimes.process import LOOPBACK, free_ports, pdeathsig_command
 from modelium.runtimes.triton.install import TritonInstall
 
 log = logging.getLogger(__name__)
@@ -65,21 +64,6 @@ class TritonPorts:
     http: int
     grpc: int
     metrics: int
-
-
-def free_ports(count: int = 3, host: str = LOOPBACK) -> list[int]:
-    """``count`` distinct ports the kernel says are free now (bound to 0 together, then
-    released: another program may still take one first; the caller retries)."""
-    sockets: list[socket.socket] = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind((host, 0))
-            sockets.append(sock)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def build_backend_dir(install: TritonInstall, dest: Path) -> Path:
