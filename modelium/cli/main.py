@@ -4,6 +4,7 @@ everything else talks to a running daemon over HTTP (no daemon logic is duplicat
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -135,6 +136,31 @@ def load(model: str, config: ConfigOption = None, url: UrlOption = None, api_key
 def unload(model: str, config: ConfigOption = None, url: UrlOption = None, api_key: ApiKeyOption = None) -> None:
     """Unload a model (it is loaded again on its next request)."""
     typer.echo(json.dumps(_call(_client(config, url, api_key), "POST", f"/models/{model}/unload"), indent=2))
+
+
+@app.command()
+def pin(model: str, config: ConfigOption = None, url: UrlOption = None, api_key: ApiKeyOption = None) -> None:
+    """Pin a model: never evicted or unloaded for idleness."""
+    typer.echo(json.dumps(_call(_client(config, url, api_key), "POST", f"/models/{model}/pin"), indent=2))
+
+
+@app.command()
+def unpin(model: str, config: ConfigOption = None, url: UrlOption = None, api_key: ApiKeyOption = None) -> None:
+    """Unpin a model."""
+    typer.echo(json.dumps(_call(_client(config, url, api_key), "POST", f"/models/{model}/unpin"), indent=2))
+
+
+@app.command()
+def decisions(
+    model: Annotated[Optional[str], typer.Argument(help="only this model")] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n")] = 20,
+    config: ConfigOption = None, url: UrlOption = None, api_key: ApiKeyOption = None,
+) -> None:
+    """What the brain decided recently, newest first, and why."""
+    query = f"/decisions?limit={limit}" + (f"&model={model}" if model else "")
+    for entry in _call(_client(config, url, api_key), "GET", query)["decisions"]:
+        stamp = time.strftime("%H:%M:%S", time.localtime(entry["time"]))
+        typer.echo(f"{stamp} {entry['action']:<15} {entry['model']:<24} {entry['reason']}")
 
 
 @app.command()

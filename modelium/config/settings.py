@@ -298,6 +298,18 @@ class OrchestrationSettings(_Section):
         description="Crashes of a loaded model within restart_window_seconds before it is failed.",
     )
     restart_window_seconds: float = Field(default=600.0, gt=0, description="See max_restarts.")
+    max_concurrent_requests: int = Field(
+        default=32, ge=1, description="Requests one model serves at once (per model)."
+    )
+    max_queued_requests: int = Field(
+        default=256, ge=0,
+        description="Requests that may wait for a model beyond that; more get HTTP 429.",
+    )
+    load_wait_timeout_seconds: float = Field(
+        default=300.0, gt=0,
+        description="How long a request waits for its model to load before HTTP 503 + Retry-After.",
+    )
+    max_concurrent_loads: int = Field(default=2, ge=1, description="Models loading at once, in all.")
     placement: Literal["best-fit", "spread"] = Field(
         default="best-fit",
         description="best-fit keeps big holes for big models; spread balances load across GPUs.",
@@ -329,6 +341,15 @@ class MetricsSettings(_Section):
     )
     qps_window_seconds: float = Field(
         default=60.0, gt=0, description="Window over which per-model QPS is averaged."
+    )
+    prometheus_url: str | None = Field(
+        default=None,
+        description="Prometheus server to read per-model QPS and idle time from (its HTTP "
+        "query API, PromQL on Modelium's exported series), e.g. http://127.0.0.1:9091; "
+        "null = Modelium's own counters.",
+    )
+    prometheus_timeout_seconds: float = Field(
+        default=2.0, gt=0, description="Timeout of one query to prometheus_url."
     )
 
 
@@ -366,6 +387,12 @@ class ModelOverride(_Section):
         default=None, description="Cap on the context length (null = the model's own)."
     )
     num_replicas: int = Field(default=1, ge=1, description="Number of replicas to run.")
+    auto_unload_after_seconds: Annotated[float, Field(ge=0)] | None = Field(
+        default=None, description="Idle seconds before unloading this model (0 = never; null = global)."
+    )
+    max_concurrent_requests: Annotated[int, Field(ge=1)] | None = Field(
+        default=None, description="Per-model concurrency limit (null = global)."
+    )
     vllm: VllmModelOverride | None = Field(
         default=None, description="vLLM sizing for this model (over vllm.default_settings)."
     )

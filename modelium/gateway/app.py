@@ -25,10 +25,12 @@ from modelium.gateway.auth import api_key_checker
 from modelium.gateway.schemas import PredictRequest
 from modelium.metrics import ModeliumMetrics
 from modelium.orchestrator import (
+    LoadTimeoutError,
     ModelFailedError,
     NoCapacityError,
     NotReadyError,
     Orchestrator,
+    TooManyRequestsError,
     UnknownModelError,
 )
 from modelium.runtimes.base import ModelNotLoadedError, RuntimeUnavailableError
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = "30"
+RETRY_AFTER_BUSY_SECONDS = "1"
 RUNTIME_METRICS_TIMEOUT = 5.0  # seconds a runtime's own /metrics may take per scrape
 
 
@@ -150,10 +153,25 @@ def create_app(
         except Exception as exc:  # noqa: BLE001 - mapped below
             return _map_error(exc)
 
+    @app.post("/models/{name}/pin", dependencies=[authorized])
+    async def pin_model(name: str) -> Any:
+        try:
+            return orchestrator.set_pinned(name, True).to_dict()
+        except Exception as exc:  # noqa: BLE001 - mapped below
+            return _map_error(exc)
+
+    @app.post("/models/{name}/unpin", dependencies=[authorized])
+    async def unpin_model(name: str) -> Any:
+        try:
+            return orchestrator.set_pinned(name, False).to_dict()
+        except Exception as exc:  # noqa: BLE001 - mapped below
+            return _map_error(exc)
+
     @app.get("/decisions", dependencies=[authorized])
-    async def decisions(limit: int = 100) -> dict[str, Any]:
-        recent = list(orchestrator.decisions)[-max(1, min(limit, 500)):]
-        return {"decisions": recent}
+    async def decisions(limit: int = 100, model: str | None = None) -> dict[str, Any]:
+        """Newest first; ``model`` keeps one model's decisions only."""
+        entries = [d for d in reversed(orchestrator.decisions) if model is None or d["model"] == model]
+        return {"decisions": entries[: max(1, min(limit, 500))]}
 
     @app.get("/status", dependencies=[authorized])
     async def status() -> dict[str, Any]:
@@ -166,6 +184,7 @@ def create_app(
             "reserved_bytes": orchestrator.ledger.by_device(),
             "models": {r.name: r.state.value for r in orchestrator.models()},
             "quarantined": list(orchestrator.quarantined),
+            "recent_decisions": list(reversed(orchestrator.decisions))[:20],
             "config": settings.to_public_dict(),
         }
 
@@ -225,7 +244,10 @@ def _map_error(exc: Exception) -> JSONResponse:
         return error_response(422, "invalid_request", exc.message)
     if isinstance(exc, ModelFailedError):
         return error_response(409, "model_failed", exc.message)
-    if isinstance(exc, (NoCapacityError, NotReadyError)):
+    if isinstance(exc, TooManyRequestsError):
+        return error_response(429, "too_many_requests", exc.message,
+                              headers={"Retry-After": RETRY_AFTER_BUSY_SECONDS})
+    if isinstance(exc, (NoCapacityError, NotReadyError, LoadTimeoutError)):
         return error_response(503, "unavailable", exc.message)
     if isinstance(exc, (RuntimeUnavailableError, ModelNotLoadedError)):
         return error_response(503, "runtime_unavailable", str(exc))
@@ -235,9 +257,7 @@ def _map_error(exc: Exception) -> JSONResponse:
 
 def _status_label(status_code: int) -> str:
     return {400: "bad_request", 404: "not_found", 409: "failed", 422: "bad_request",
-            503: "unavailable"}.get(
-        status_code, "error"
-    )
+            429: "rejected", 503: "unavailable"}.get(status_code, "error")
 
 
 def _runtime_of(orchestrator: Orchestrator, name: str) -> str:

@@ -134,6 +134,18 @@ class ModeliumMetrics:
             "modelium_model_load_seconds", "Time to load a model",
             ["runtime"], buckets=LOAD_BUCKETS, registry=r,
         )
+        self.cold_starts = Counter(
+            "modelium_cold_starts", "Requests that found their model not loaded and waited for it",
+            ["model", "runtime"], registry=r,
+        )
+        self.cold_start_wait_seconds = Histogram(
+            "modelium_cold_start_wait_seconds", "Extra latency a cold start added to a request",
+            ["model", "runtime"], buckets=LOAD_BUCKETS, registry=r,
+        )
+        self.rejected_requests = Counter(
+            "modelium_rejected_requests", "Requests refused by back-pressure (queue full)",
+            ["model"], registry=r,
+        )
         self.model_unloads = Counter(
             "modelium_model_unloads", "Model unloads, by reason",
             ["model", "runtime", "reason"], registry=r,
@@ -254,6 +266,13 @@ class ModeliumMetrics:
     def observe_load(self, model: str, runtime: str, seconds: float, ok: bool) -> None:
         self.model_loads.labels(model, runtime, "ok" if ok else "error").inc()
         self.model_load_seconds.labels(runtime).observe(max(0.0, seconds))
+
+    def observe_cold_start(self, model: str, runtime: str, seconds: float) -> None:
+        self.cold_starts.labels(model, runtime).inc()
+        self.cold_start_wait_seconds.labels(model, runtime).observe(max(0.0, seconds))
+
+    def count_rejected(self, model: str) -> None:
+        self.rejected_requests.labels(model).inc()
 
     def count_unload(self, model: str, runtime: str, reason_code: str) -> None:
         self.model_unloads.labels(model, runtime, reason_code).inc()

@@ -2,10 +2,12 @@
 
 from modelium.orchestrator.drops import DropHandler
 from modelium.orchestrator.errors import (
+    LoadTimeoutError,
     ModelFailedError,
     NoCapacityError,
     NotReadyError,
     OrchestratorError,
+    TooManyRequestsError,
     UnknownModelError,
 )
 from modelium.orchestrator.orchestrator import Orchestrator
@@ -13,6 +15,7 @@ from modelium.orchestrator.records import ModelRecord, ModelState
 
 __all__ = [
     "DropHandler",
+    "LoadTimeoutError",
     "ModelFailedError",
     "ModelRecord",
     "ModelState",
@@ -20,5 +23,6 @@ __all__ = [
     "NotReadyError",
     "Orchestrator",
     "OrchestratorError",
+    "TooManyRequestsError",
     "UnknownModelError",
 ]

@@ -31,3 +31,11 @@ class NoCapacityError(OrchestratorError):
 
 class NotReadyError(OrchestratorError):
     """The daemon is still starting (HTTP 503)."""
+
+
+class TooManyRequestsError(OrchestratorError):
+    """The model's concurrency limit and queue are full (HTTP 429)."""
+
+
+class LoadTimeoutError(OrchestratorError):
+    """The model did not finish loading within load_wait_timeout_seconds (HTTP 503)."""

@@ -35,9 +35,11 @@ from modelium.analysis.profile import MemoryEstimate
 from modelium.hardware import Device, Inventory, MemoryLedger
 from modelium.metrics import ModeliumMetrics
 from modelium.orchestrator.errors import (
+    LoadTimeoutError,
     ModelFailedError,
     NoCapacityError,
     NotReadyError,
+    TooManyRequestsError,
     UnknownModelError,
 )
 from modelium.orchestrator.records import ModelRecord, ModelState
@@ -84,6 +86,8 @@ class Orchestrator:
         self._records: dict[str, ModelRecord] = {}
         self._locks: dict[str, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
         self._placement_lock = asyncio.Lock()
+        self._load_slots = asyncio.Semaphore(settings.orchestration.max_concurrent_loads)
+        self._gates: dict[str, _Gate] = {}
         self.decisions: collections.deque[dict[str, Any]] = collections.deque(
             maxlen=DECISION_LOG_SIZE
         )
@@ -251,16 +255,16 @@ class Orchestrator:
             self._finish_load(record, choice.runtime, decision.device.id, time.monotonic() - started)
             return
         try:
-            await manager.load(
-                LoadRequest(
-                    name=name,
-                    model_dir=record.path,
-                    profile=profile,
-                    device=decision.device,
-                    memory=record.memory,
-                    options={**_runtime_options(override), **runtime_options},
-                )
+            request = LoadRequest(
+                name=name,
+                model_dir=record.path,
+                profile=profile,
+                device=decision.device,
+                memory=record.memory,
+                options={**_runtime_options(override), **runtime_options},
             )
+            async with self._load_slots:  # max_concurrent_loads across all models
+                await manager.load(request)
         except Exception as exc:  # noqa: BLE001 - every load failure becomes a reason
             seconds = time.monotonic() - started
             self.metrics.observe_load(name, choice.runtime, seconds, ok=False)
@@ -470,7 +474,7 @@ class Orchestrator:
             raise ModelFailedError(f"model {name!r} failed: {record.reason}")
         async with self.in_flight(name):
             for attempt in (1, 2):
-                record = await self.ensure_loaded(name)
+                record = await self._loaded_for_request(name)
                 manager = self.managers[record.runtime or ""]
                 try:
                     return record, await manager.infer(name, inputs, parameters)
@@ -488,17 +492,66 @@ class Orchestrator:
         record = self.get(name)
         if record.state == ModelState.FAILED:
             raise ModelFailedError(f"model {name!r} failed: {record.reason}")
-        record = await self.ensure_loaded(name)
+        record = await self._loaded_for_request(name)
         return record, self.managers[record.runtime or ""].openai_base_url(name)
+
+    async def _loaded_for_request(self, name: str) -> ModelRecord:
+        """The model, loaded; a request waits at most ``load_wait_timeout_seconds`` for it
+        (the load itself goes on for the requests after it). Cold starts are measured."""
+        record = self.get(name)
+        if record.state == ModelState.READY:
+            return record
+        timeout = self.settings.orchestration.load_wait_timeout_seconds
+        started = time.monotonic()
+        load = asyncio.ensure_future(self.ensure_loaded(name))
+        load.add_done_callback(_consume_exception)
+        try:
+            record = await asyncio.wait_for(asyncio.shield(load), timeout)
+        except TimeoutError:
+            raise LoadTimeoutError(
+                f"model {name!r} is still loading after {timeout:.0f}s; retry shortly"
+            ) from None
+        self.metrics.observe_cold_start(name, record.runtime or "", time.monotonic() - started)
+        return record
 
     @contextlib.asynccontextmanager
     async def in_flight(self, name: str) -> AsyncIterator[None]:
-        """Mark a request as being served (busy models are never evicted or idle-unloaded)."""
+        """Admit one request (at most ``max_concurrent_requests`` at once per model, at most
+        ``max_queued_requests`` more waiting, else TooManyRequestsError) and mark the model
+        busy meanwhile: busy models are never evicted or idle-unloaded."""
+        orchestration = self.settings.orchestration
+        gate = self._gates.get(name)
+        if gate is None:
+            limit = self.override_for(name).max_concurrent_requests or orchestration.max_concurrent_requests
+            gate = self._gates[name] = _Gate(limit)
+        if gate.semaphore.locked() and gate.waiting >= orchestration.max_queued_requests:
+            self.metrics.count_rejected(name)
+            raise TooManyRequestsError(
+                f"model {name!r} is at its limit of {gate.limit} concurrent requests with "
+                f"{gate.waiting} more waiting; retry later"
+            )
         self.metrics.request_started(name)
+        gate.waiting += 1
+        try:
+            await gate.semaphore.acquire()
+        except BaseException:
+            self.metrics.request_finished(name)
+            raise
+        finally:
+            gate.waiting -= 1
         try:
             yield
         finally:
+            gate.semaphore.release()
             self.metrics.request_finished(name)
+
+    def set_pinned(self, name: str, pinned: bool) -> ModelRecord:
+        """Pin (never evicted or idle-unloaded) or unpin a model at runtime."""
+        record = self.get(name)
+        record.pinned = pinned
+        self._decide(name, "pin" if pinned else "unpin", "request",
+                     f"{'pinned' if pinned else 'unpinned'} on request")
+        return record
 
     async def report_lost(self, name: str, why: str) -> None:
         """A caller found the model's server gone: forget it so the next request reloads."""
@@ -560,14 +613,19 @@ class Orchestrator:
                     except Exception as exc:  # noqa: BLE001 - reason is on the record
                         log.warning("restart of %s failed: %s", record.name, exc)
         orchestration = self.settings.orchestration
-        for name, reason in idle_unload_candidates(
-            self._eviction_candidates(),
-            idle_after_seconds=orchestration.auto_unload_after_seconds,
-            min_qps=orchestration.min_qps_threshold,
-            always_loaded=orchestration.always_loaded,
-        ):
-            self._decide(name, "idle_unload", "idle", reason)
-            await self.unload(name, reason=reason, reason_code="idle")
+        by_timeout: dict[float, list[EvictionCandidate]] = collections.defaultdict(list)
+        for candidate in self._eviction_candidates():
+            own = self.override_for(candidate.name).auto_unload_after_seconds
+            by_timeout[orchestration.auto_unload_after_seconds if own is None else own].append(candidate)
+        for idle_after, candidates in by_timeout.items():
+            for name, reason in idle_unload_candidates(
+                candidates,
+                idle_after_seconds=idle_after,
+                min_qps=orchestration.min_qps_threshold,
+                always_loaded=orchestration.always_loaded,
+            ):
+                self._decide(name, "idle_unload", "idle", reason)
+                await self.unload(name, reason=reason, reason_code="idle")
 
     # ------------------------------------------------------------------ bookkeeping
 
@@ -579,6 +637,21 @@ class Orchestrator:
         self.metrics.count_decision(action, reason_code)
         log.info("decision %s %s: %s", action, model, reason,
                  extra={"model": model, "action": action, "reason_code": reason_code})
+
+
+class _Gate:
+    """Per-model admission: a concurrency limit and a count of requests waiting for it."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.semaphore = asyncio.Semaphore(limit)
+        self.waiting = 0
+
+
+def _consume_exception(task: asyncio.Future) -> None:
+    """A shielded load whose waiter timed out still finishes; its error is on the record."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _is_model_folder(path: Path) -> bool:

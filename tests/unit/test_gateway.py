@@ -117,3 +117,13 @@ def test_health_reports_runtimes(gateway):
     client = gateway()
     body = client.get("/health").json()
     assert body["status"] == "ok" and body["runtimes"]["ray_serve"]["ok"] is True
+
+
+def test_pin_unpin_and_decisions_newest_first(gateway):
+    client = gateway()
+    assert client.post("/models/tiny/pin").json()["pinned"] is True
+    assert client.post("/models/tiny/unpin").json()["pinned"] is False
+    assert client.post("/models/ghost/pin").status_code == 404
+    decisions = client.get("/decisions?model=tiny").json()["decisions"]
+    assert [d["action"] for d in decisions[:2]] == ["unpin", "pin"]
+    assert all(d["model"] == "tiny" for d in decisions)

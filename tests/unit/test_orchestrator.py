@@ -315,3 +315,100 @@ async def test_parking_needs_the_opt_in(tmp_path):
         await orchestrator.add_model(name, make_config_only_model(tmp_path / f"models/repository/{name}"))
     assert orchestrator.get("a").state == ModelState.UNLOADED
     assert not any(call[0] == "park" for call in manager.calls)
+
+
+class SlowManager(FakeManager):
+    """Loads take a while, so concurrent requests pile up behind one load."""
+
+    def __init__(self, load_seconds: float = 0.2) -> None:
+        super().__init__()
+        self.load_seconds = load_seconds
+
+    async def load(self, request):
+        import asyncio
+
+        await asyncio.sleep(self.load_seconds)
+        await super().load(request)
+
+    async def infer(self, name, inputs, parameters):
+        import asyncio
+
+        await asyncio.sleep(float(parameters.get("sleep", 0)))
+        return await super().infer(name, inputs, {})
+
+
+def _slow_orchestrator(tmp_path: Path, manager: FakeManager, **config) -> Orchestrator:
+    settings = settings_from_dict(config, base_dir=tmp_path, env={})
+    inventory = Inventory(devices=(Device("gpu:0", "gpu", 0, 8 * GIB, "simulated"),), source="configured")
+    return Orchestrator(settings, {"ray_serve": manager}, inventory, MemoryLedger(), ModeliumMetrics())
+
+
+async def test_twenty_concurrent_requests_to_an_unloaded_model_cause_one_load(tmp_path):
+    import asyncio
+
+    manager = SlowManager()
+    orchestrator = _slow_orchestrator(tmp_path, manager)
+    await orchestrator.start()
+    await orchestrator.add_model("a", make_config_only_model(tmp_path / "models/repository/a"), load=False)
+    results = await asyncio.gather(*(orchestrator.predict("a", f"x{i}", {}) for i in range(20)))
+    assert [c for c in manager.calls if c[0] == "load"] == [("load", "a")]
+    assert sorted(out["echo"] for _, out in results) == sorted(f"x{i}" for i in range(20))
+    body, _ = orchestrator.metrics.render()
+    assert b'modelium_cold_starts_total{model="a",runtime="ray_serve"} 20.0' in body
+
+
+async def test_full_queue_is_refused_with_too_many_requests(tmp_path):
+    import asyncio
+
+    from modelium.orchestrator import TooManyRequestsError
+
+    manager = SlowManager(load_seconds=0)
+    orchestrator = _slow_orchestrator(
+        tmp_path, manager, orchestration={"max_concurrent_requests": 1, "max_queued_requests": 1})
+    await orchestrator.start()
+    await orchestrator.add_model("a", make_config_only_model(tmp_path / "models/repository/a"))
+    first = asyncio.ensure_future(orchestrator.predict("a", "1", {"sleep": 0.3}))
+    second = asyncio.ensure_future(orchestrator.predict("a", "2", {"sleep": 0.3}))
+    await asyncio.sleep(0.05)  # one serving, one queued
+    with pytest.raises(TooManyRequestsError, match="limit of 1"):
+        await orchestrator.predict("a", "3", {})
+    assert [out["echo"] for _, out in await asyncio.gather(first, second)] == ["1", "2"]
+    body, _ = orchestrator.metrics.render()
+    assert b'modelium_rejected_requests_total{model="a"} 1.0' in body
+
+
+async def test_request_gives_up_waiting_for_a_slow_load_but_the_load_finishes(tmp_path):
+    import asyncio
+
+    from modelium.orchestrator import LoadTimeoutError
+
+    manager = SlowManager(load_seconds=0.5)
+    orchestrator = _slow_orchestrator(
+        tmp_path, manager, orchestration={"load_wait_timeout_seconds": 0.1})
+    await orchestrator.start()
+    await orchestrator.add_model("a", make_config_only_model(tmp_path / "models/repository/a"), load=False)
+    with pytest.raises(LoadTimeoutError, match="still loading"):
+        await orchestrator.predict("a", "x", {})
+    await asyncio.sleep(0.6)
+    assert orchestrator.get("a").state == ModelState.READY
+
+
+async def test_pin_keeps_an_idle_model_and_per_model_idle_timeout(tmp_path):
+    import asyncio
+
+    orchestrator, _ = _orchestrator(
+        tmp_path,
+        gpu_gib=8.0,
+        orchestration={"auto_unload_after_seconds": 0.01, "min_qps_threshold": 1000},
+        models={"patient": {"auto_unload_after_seconds": 0}},
+    )
+    await orchestrator.start()
+    for name in ("pinned", "idle", "patient"):
+        await orchestrator.add_model(name, make_config_only_model(tmp_path / f"models/repository/{name}"))
+    orchestrator.set_pinned("pinned", True)
+    await asyncio.sleep(0.05)
+    await orchestrator.reconcile()
+    states = {r.name: r.state for r in orchestrator.models()}
+    assert states == {"pinned": ModelState.READY, "idle": ModelState.UNLOADED,
+                      "patient": ModelState.READY}
+    assert "idle" in orchestrator.get("idle").reason
