@@ -20,7 +20,12 @@ from modelium.config import ModeliumSettings
 from modelium.discovery import DropWatcher
 from modelium.gateway import create_app
 from modelium.hardware import MemoryLedger, detect_inventory, gpu_memory_usage
-from modelium.metrics import ModeliumMetrics
+from modelium.metrics import (
+    LocalMetricSource,
+    MetricSource,
+    ModeliumMetrics,
+    PrometheusMetricSource,
+)
 from modelium.orchestrator import DropHandler, Orchestrator
 from modelium.runtimes.base import RuntimeManager
 
@@ -120,6 +125,22 @@ def _add_triton(settings: ModeliumSettings, runtimes: Runtimes) -> None:
     )
 
 
+def build_metric_source(settings: ModeliumSettings, metrics: ModeliumMetrics) -> MetricSource:
+    """Prometheus when ``metrics.prometheus_url`` is set (falling back to the local
+    counters whenever it cannot answer), else the local counters."""
+    local = LocalMetricSource(metrics)
+    url = settings.metrics.prometheus_url
+    if not url:
+        return local
+    log.info("reading per-model QPS and idle time from prometheus at %s", url)
+    return PrometheusMetricSource(
+        url,
+        window_seconds=settings.metrics.qps_window_seconds,
+        timeout=settings.metrics.prometheus_timeout_seconds,
+        fallback=local,
+    )
+
+
 class Daemon:
     def __init__(self, settings: ModeliumSettings) -> None:
         self.settings = settings
@@ -139,10 +160,12 @@ class Daemon:
             qps_window_seconds=settings.metrics.qps_window_seconds,
             gpu_memory_source=gpu_memory_usage if inventory.source == "nvml" else None,
         )
+        metric_source = build_metric_source(settings, metrics)
         runtimes = await asyncio.to_thread(build_runtimes, settings)
         orchestrator = Orchestrator(settings, runtimes.managers, inventory, MemoryLedger(), metrics,
                                     vllm_architectures=runtimes.vllm_architectures,
-                                    unavailable=runtimes.unavailable)
+                                    unavailable=runtimes.unavailable,
+                                    metric_source=metric_source)
         log.info("devices: %s", ", ".join(f"{d.id} ({d.name}, {d.total_bytes / 2**30:.1f} GiB)"
                                            for d in inventory.devices))
 
@@ -201,6 +224,8 @@ class Daemon:
             server.should_exit = True
             await asyncio.gather(server_task, return_exceptions=True)
             metrics.close()
+            with contextlib.suppress(Exception):
+                await metric_source.aclose()
             log.info("stopped")
         return exit_code
 

@@ -21,6 +21,7 @@ class Device:
     total_bytes: int
     name: str  # e.g. "NVIDIA H100 80GB HBM3", "simulated", "host RAM"
     used_bytes_outside: int = 0  # memory taken by things Modelium did not place (NVML)
+    simulated: bool = False  # a configured GPU (`gpus:` list): planned on, but run on CPU
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -30,6 +31,7 @@ class Device:
             "name": self.name,
             "total_bytes": self.total_bytes,
             "used_bytes_outside": self.used_bytes_outside,
+            "simulated": self.simulated,
         }
 
 

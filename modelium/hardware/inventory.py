@@ -96,6 +96,9 @@ def detect_inventory(gpus: Literal["auto"] | Sequence[GpuSpecLike]) -> Inventory
         if found:
             return Inventory(devices=tuple(found), source="nvml")
         return Inventory(devices=(host_device(),), source="host")
+    # A configured GPU that NVML also sees is real (the config caps what Modelium plans on
+    # it); one it does not see is simulated: planned on like a GPU, run on the CPU.
+    real = {device.index for device in _nvml_devices()}
     devices = tuple(
         Device(
             id=f"gpu:{spec.id}",
@@ -103,6 +106,7 @@ def detect_inventory(gpus: Literal["auto"] | Sequence[GpuSpecLike]) -> Inventory
             index=int(spec.id),
             total_bytes=int(spec.memory_gb * GIB),
             name=spec.name,
+            simulated=int(spec.id) not in real,
         )
         for spec in gpus
     )

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -33,7 +34,7 @@ from modelium.brain import (
 from modelium.config import ModeliumSettings, ModelOverride
 from modelium.analysis.profile import MemoryEstimate
 from modelium.hardware import Device, Inventory, MemoryLedger
-from modelium.metrics import ModeliumMetrics
+from modelium.metrics import LocalMetricSource, MetricSource, ModeliumMetrics
 from modelium.orchestrator.errors import (
     LoadTimeoutError,
     ModelFailedError,
@@ -71,12 +72,16 @@ class Orchestrator:
         analyze: Callable[[Path, str], ModelProfile] = analyze_folder,
         vllm_architectures: frozenset[str] | None = None,
         unavailable: Mapping[str, str] | None = None,
+        metric_source: MetricSource | None = None,
     ) -> None:
         self.settings = settings
         self.managers = dict(managers)
         self.inventory = inventory
         self.ledger = ledger
         self.metrics = metrics
+        # Where the idle and eviction policies read QPS and idle time (in-flight counts are
+        # always this process's own): Modelium's counters, or Prometheus when configured.
+        self.metric_source: MetricSource = metric_source or LocalMetricSource(metrics)
         self._analyze = analyze
         # What the installed runtimes can do, for the brain: architectures the installed
         # vLLM serves (config may narrow it), and enabled runtimes that cannot run here.
@@ -247,7 +252,7 @@ class Orchestrator:
             self.ledger.reserve(name, decision.device.id, record.memory.total_bytes)
             self.metrics.set_reserved(self.ledger.by_device())
         record.device, record.placement_reason = decision.device.id, decision.reason
-        _, runtime_options = self._estimate(record, choice.runtime, device=decision.device)
+        _, runtime_options = self._estimate(record, choice.runtime, device=_runtime_device(decision.device))
 
         manager = self.managers[choice.runtime]
         started = time.monotonic()
@@ -259,7 +264,7 @@ class Orchestrator:
                 name=name,
                 model_dir=record.path,
                 profile=profile,
-                device=decision.device,
+                device=_runtime_device(decision.device),
                 memory=record.memory,
                 options={**_runtime_options(override), **runtime_options},
             )
@@ -315,20 +320,28 @@ class Orchestrator:
         self._decide(record.name, "place", decision.reason_code, decision.reason)
         if decision.device is not None or decision.reason_code not in ("no-fit", "pinned-no-fit"):
             return decision
+        await self._refresh_metric_source()
         for device in self._devices_for(pinned_device):
+            candidates = self._eviction_candidates(device.id)
             plan = plan_eviction(
                 required,
                 device,
                 self.ledger.reserved_on(device.id),
-                self._eviction_candidates(device.id),
+                candidates,
                 max_utilization=orchestration.max_gpu_memory_utilization,
             )
             if not plan.feasible:
                 continue
-            self._decide(record.name, "evict", "make-room", plan.reason)
-            parkable = {c.name for c in self._eviction_candidates(device.id) if c.parked_residue_bytes}
+            by_name = {c.name: c for c in candidates}
+            victims = [by_name[v] for v in plan.victims if v in by_name]
+            numbers = "; ".join(f"{c.name}: {self._numbers_text(c)}" for c in victims)
+            self._decide(record.name, "evict", "make-room", f"{plan.reason} [{numbers}]",
+                         numbers={c.name: self._numbers(c) for c in victims})
+            parkable = {c.name for c in candidates if c.parked_residue_bytes}
             for victim in plan.victims:
                 why = f"evicted to make room for {record.name}"
+                if victim in by_name:
+                    why += f" ({self._numbers_text(by_name[victim])})"
                 if victim in parkable:
                     await self.park(victim, reason=why)
                 else:
@@ -368,8 +381,8 @@ class Orchestrator:
                     name=record.name,
                     device_id=record.device,
                     reserved_bytes=reservation[1] if reservation else 0,
-                    idle_seconds=self.metrics.idle_seconds(record.name),
-                    qps=self.metrics.qps(record.name),
+                    idle_seconds=self.metric_source.idle_seconds(record.name),
+                    qps=self.metric_source.qps(record.name),
                     pinned=record.pinned or record.name in self.settings.orchestration.always_loaded,
                     busy=self.metrics.in_flight(record.name) > 0,
                     parked_residue_bytes=self._park_residue(record),
@@ -595,6 +608,7 @@ class Orchestrator:
     async def reconcile(self) -> None:
         """Compare wanted and actual state once: find crashed models, restart those whose
         back-off has passed, unload idle ones."""
+        await self._refresh_metric_source()
         for runtime, manager in self.managers.items():
             live = await manager.loaded_models()
             for record in self.models():
@@ -614,7 +628,9 @@ class Orchestrator:
                         log.warning("restart of %s failed: %s", record.name, exc)
         orchestration = self.settings.orchestration
         by_timeout: dict[float, list[EvictionCandidate]] = collections.defaultdict(list)
-        for candidate in self._eviction_candidates():
+        all_candidates = self._eviction_candidates()
+        by_name = {c.name: c for c in all_candidates}
+        for candidate in all_candidates:
             own = self.override_for(candidate.name).auto_unload_after_seconds
             by_timeout[orchestration.auto_unload_after_seconds if own is None else own].append(candidate)
         for idle_after, candidates in by_timeout.items():
@@ -624,15 +640,37 @@ class Orchestrator:
                 min_qps=orchestration.min_qps_threshold,
                 always_loaded=orchestration.always_loaded,
             ):
-                self._decide(name, "idle_unload", "idle", reason)
+                reason = f"{reason} ({self._numbers_text(by_name[name])})"
+                self._decide(name, "idle_unload", "idle", reason,
+                             numbers=self._numbers(by_name[name]))
                 await self.unload(name, reason=reason, reason_code="idle")
+
+    async def _refresh_metric_source(self) -> None:
+        """One metrics snapshot per tick; a failing source must never stop the loop."""
+        try:
+            await self.metric_source.refresh()
+        except Exception:  # noqa: BLE001 - sources fall back themselves; belt and braces
+            log.exception("refreshing the metric source failed")
+
+    def _numbers(self, candidate: EvictionCandidate) -> dict[str, Any]:
+        """The numbers a policy decision about ``candidate`` used, and where they came from."""
+        return {"idle_seconds": round(candidate.idle_seconds, 3), "qps": round(candidate.qps, 4),
+                "source": self.metric_source.source_of(candidate.name)}
+
+    def _numbers_text(self, candidate: EvictionCandidate) -> str:
+        n = self._numbers(candidate)
+        return f"idle {n['idle_seconds']:.1f}s, {n['qps']:.3f} qps, from {n['source']}"
 
     # ------------------------------------------------------------------ bookkeeping
 
-    def _decide(self, model: str, action: str, reason_code: str, reason: str) -> None:
-        """Log, count and remember one decision (listed by GET /decisions)."""
-        entry = {"time": time.time(), "model": model, "action": action,
-                 "reason_code": reason_code, "reason": reason}
+    def _decide(self, model: str, action: str, reason_code: str, reason: str,
+                numbers: dict[str, Any] | None = None) -> None:
+        """Log, count and remember one decision (listed by GET /decisions); ``numbers``:
+        the metrics behind it (idle seconds, QPS, their source), when a policy used any."""
+        entry: dict[str, Any] = {"time": time.time(), "model": model, "action": action,
+                                 "reason_code": reason_code, "reason": reason}
+        if numbers is not None:
+            entry["numbers"] = numbers
         self.decisions.append(entry)
         self.metrics.count_decision(action, reason_code)
         log.info("decision %s %s: %s", action, model, reason,
@@ -652,6 +690,14 @@ def _consume_exception(task: asyncio.Future) -> None:
     """A shielded load whose waiter timed out still finishes; its error is on the record."""
     if not task.cancelled():
         task.exception()
+
+
+def _runtime_device(device: Device) -> Device:
+    """The device a runtime really runs on: a simulated GPU is planned on as a GPU (ledger,
+    placement) but its models run on the CPU."""
+    if not device.simulated:
+        return device
+    return dataclasses.replace(device, kind="cpu", index=None)
 
 
 def _is_model_folder(path: Path) -> bool:
