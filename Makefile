@@ -34,7 +34,7 @@ TRITON_STAMP := $(TRITON_VENV)/.installed
 TRITON_TORCH_SPEC ?= torch==2.13.0
 TRITON_SPEC  ?= nvidia-pytriton==0.7.0
 
-.PHONY: install vllm triton serve test clean-venv clean-vllm clean-triton
+.PHONY: install vllm triton prometheus serve test clean-venv clean-vllm clean-triton
 
 install: $(STAMP)
 
@@ -67,10 +67,28 @@ $(TRITON_STAMP):
 	$(TRITON_BIN)/python -c "import torch, transformers, onnxruntime, numpy; print('triton venv ok: torch', torch.__version__, 'numpy', numpy.__version__)"
 	touch $(TRITON_STAMP)
 
+# Prometheus: the e2e test of Prometheus-driven eviction (tests/e2e/test_prometheus_eviction.py)
+# runs its own `prometheus` (temp data dir, its own port). Installs Debian's package when no
+# `prometheus` is on PATH; the package's system service is not wanted (it would take port
+# 9090, Modelium's metrics port), so where systemd runs it is disabled and stopped again.
+prometheus:
+	@if command -v prometheus >/dev/null 2>&1; then \
+		echo "prometheus: $$(command -v prometheus)"; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus || exit 1; \
+		if [ -d /run/systemd/system ]; then systemctl disable --now prometheus >/dev/null 2>&1 || true; fi; \
+		command -v prometheus >/dev/null || { echo "make prometheus: installed, but no prometheus on PATH" >&2; exit 1; }; \
+	else \
+		echo "make prometheus: no \`prometheus\` on PATH and not root. Install Debian's package:" >&2; \
+		echo "  sudo apt-get update && sudo apt-get install -y --no-install-recommends prometheus" >&2; \
+		echo "  (then: sudo systemctl disable --now prometheus; the tests start their own)" >&2; \
+		exit 1; \
+	fi
+
 serve: install vllm triton
 	$(BIN)/modelium serve --config modelium.yaml
 
-test: install vllm triton
+test: install vllm triton prometheus
 	$(BIN)/python -m pytest
 
 clean-venv:

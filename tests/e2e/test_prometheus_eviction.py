@@ -206,7 +206,7 @@ def test_idle_unload_reads_qps_and_idle_time_from_prometheus(tmp_path, prometheu
             assert numbers["idle_seconds"] >= IDLE_AFTER and numbers["qps"] < MIN_QPS, decision
             assert "from prometheus" in decision["reason"] and "qps" in decision["reason"]
             assert f"idle {numbers['idle_seconds']:.1f}s" in decision["reason"]
-            assert daemon.model("quiet")["state"] == "unloaded"
+            daemon.wait_for(lambda: daemon.model("quiet")["state"] == "unloaded", 30, "quiet unloaded")
             # The QPS it used is Prometheus's: its own rate for the model agrees.
             assert abs(_qps(prometheus, "quiet") - numbers["qps"]) < MIN_QPS
             assert daemon.model("busy")["state"] == "ready"
@@ -223,5 +223,5 @@ def test_idle_unload_reads_qps_and_idle_time_from_prometheus(tmp_path, prometheu
         source = decision["numbers"]["source"]
         assert source.startswith("local (fallback, prometheus unavailable"), decision
         assert decision["numbers"]["idle_seconds"] >= IDLE_AFTER
-        assert daemon.model("busy")["state"] == "unloaded"
+        daemon.wait_for(lambda: daemon.model("busy")["state"] == "unloaded", 30, "busy unloaded")
         assert requests.get(f"{url}/health", timeout=5).status_code == 200
