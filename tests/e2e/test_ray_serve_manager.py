@@ -37,6 +37,7 @@ from modelium.runtimes.base import LoadRequest, ModelNotLoadedError, RuntimeLoad
 from modelium.runtimes.errors import BadRequestError
 from modelium.runtimes.ray_serve import RayServeManager, folder_signature
 from modelium.runtimes.process import free_ports
+from tests.e2e.processes import alive as _alive
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 
@@ -95,17 +96,6 @@ def _is_loopback(ip: str) -> bool:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
         address = address.ipv4_mapped
     return address.is_loopback
-
-
-def _alive(pids: list[int]) -> list[int]:
-    alive = []
-    for pid in pids:
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                alive.append(pid)
-        except psutil.NoSuchProcess:
-            pass
-    return alive
 
 
 @pytest.fixture(scope="module")

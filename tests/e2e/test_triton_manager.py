@@ -8,7 +8,6 @@ import signal
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 from modelium.analysis import analyze_folder
@@ -17,6 +16,7 @@ from modelium.hardware.devices import Device
 from modelium.runtimes.base import LoadRequest, ModelNotLoadedError, RuntimeLoadError
 from modelium.runtimes.errors import BadRequestError
 from modelium.runtimes.triton import TritonManager, locate_tritonserver
+from tests.e2e.processes import alive as _alive, process_tree as _tree
 
 pytestmark = pytest.mark.e2e
 
@@ -72,25 +72,6 @@ def _python_model(folder: Path, name: str, source: str) -> Path:
 def _request(name: str, folder: Path) -> LoadRequest:
     profile = analyze_folder(folder, name)
     return LoadRequest(name=name, model_dir=folder, profile=profile, device=CPU, memory=MEMORY)
-
-
-def _tree(pid: int) -> list[int]:
-    try:
-        proc = psutil.Process(pid)
-        return [pid, *(child.pid for child in proc.children(recursive=True))]
-    except psutil.Error:
-        return []
-
-
-def _alive(pids: list[int]) -> list[int]:
-    alive = []
-    for pid in pids:
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                alive.append(pid)
-        except psutil.Error:
-            pass
-    return alive
 
 
 @pytest.fixture

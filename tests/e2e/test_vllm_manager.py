@@ -38,6 +38,7 @@ from modelium.runtimes.errors import BadRequestError
 from modelium.runtimes.process import port_is_free
 from modelium.runtimes.ray_serve.cluster import free_port_range
 from modelium.runtimes.vllm import VllmManager, probe, resolve_python, vllm_memory
+from tests.e2e.processes import alive as _alive, process_tree as _tree
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VLLM_PYTHON = resolve_python("auto", REPO_ROOT)
@@ -68,26 +69,6 @@ def _request(name: str, path: Path) -> LoadRequest:
     return LoadRequest(name=name, model_dir=path, profile=profile, device=CPU, memory=memory,
                        options={"vllm": SETTINGS, "gpu_memory_utilization": None,
                                 "kv_cache_bytes": kv_bytes, "gpu_indices": []})
-
-
-def _tree(pid: int) -> list[int]:
-    """The server and everything under it (vLLM's engine core, its resource tracker)."""
-    try:
-        proc = psutil.Process(pid)
-        return [pid, *(child.pid for child in proc.children(recursive=True))]
-    except psutil.NoSuchProcess:
-        return []
-
-
-def _alive(pids: list[int]) -> list[int]:
-    alive = []
-    for pid in pids:
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                alive.append(pid)
-        except psutil.NoSuchProcess:
-            pass
-    return alive
 
 
 def _wait_all_gone(pids: list[int], timeout: float) -> list[int]:
