@@ -26,12 +26,13 @@ from modelium.metrics import (
     ModeliumMetrics,
     PrometheusMetricSource,
 )
-from modelium.orchestrator import DropHandler, Orchestrator
+from modelium.orchestrator import DropHandler, Orchestrator, StateStore
 from modelium.runtimes.base import RuntimeManager
 
 log = logging.getLogger(__name__)
 
 SHUTDOWN_TIMEOUT_SECONDS = 60
+WATCHER_STOP_TIMEOUT_SECONDS = 10
 
 
 class _GatewayServer(uvicorn.Server):
@@ -165,7 +166,8 @@ class Daemon:
         orchestrator = Orchestrator(settings, runtimes.managers, inventory, MemoryLedger(), metrics,
                                     vllm_architectures=runtimes.vllm_architectures,
                                     unavailable=runtimes.unavailable,
-                                    metric_source=metric_source)
+                                    metric_source=metric_source,
+                                    store=StateStore.in_state_dir(settings.state_dir))
         log.info("devices: %s", ", ".join(f"{d.id} ({d.name}, {d.total_bytes / 2**30:.1f} GiB)"
                                            for d in inventory.devices))
 
@@ -199,7 +201,6 @@ class Daemon:
                 background = [
                     asyncio.create_task(watcher.run(), name="watcher"),
                     asyncio.create_task(orchestrator.run_control_loop(), name="control-loop"),
-                    asyncio.create_task(orchestrator.load_registered(), name="initial-loads"),
                 ]
                 await asyncio.wait({stop_wait, server_task}, return_when=asyncio.FIRST_COMPLETED)
             elif start_task in done:
@@ -213,7 +214,10 @@ class Daemon:
                 exit_code = server_task.result()
         finally:
             log.info("shutting down")
-            await watcher.stop()
+            try:
+                await asyncio.wait_for(watcher.stop(), WATCHER_STOP_TIMEOUT_SECONDS)
+            except Exception:  # noqa: BLE001 - a stuck drop must not keep runtimes running
+                log.exception("stopping the drop watcher failed; going on")
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)

@@ -1,7 +1,7 @@
 """The brain: pure decision functions (no I/O, no clocks, no logging).
 
-Runtime choice, placement by memory packing, eviction victims and idle unloads. Each result
-carries a human reason and a short reason code; callers log and count them.
+Runtime choice, placement by memory packing, eviction victims by expected cost, the swap
+rule and idle unloads. Each result carries a human reason; callers log and count them.
 """
 
 from modelium.brain.decisions import (
@@ -9,34 +9,42 @@ from modelium.brain.decisions import (
     RUNTIME_RAY_SERVE,
     RUNTIME_TRITON,
     RUNTIME_VLLM,
-    EvictionCandidate,
-    EvictionPlan,
     PlacementDecision,
     RuntimeChoice,
 )
-from modelium.brain.placement import (
-    STRATEGIES,
-    idle_unload_candidates,
-    place,
-    plan_eviction,
-    usable_bytes,
-)
+from modelium.brain.placement import STRATEGIES, place, usable_bytes
 from modelium.brain.runtime_choice import TRITON_NATIVE_FORMATS, choose_runtime
+from modelium.brain.victims import (
+    ORDERS,
+    Demand,
+    Resident,
+    RoomPlan,
+    Verdict,
+    blocked_reason,
+    idle_unload_candidates,
+    plan_room,
+    swap_verdict,
+)
 
 __all__ = [
     "ALL_RUNTIMES",
+    "ORDERS",
     "RUNTIME_RAY_SERVE",
     "RUNTIME_TRITON",
     "RUNTIME_VLLM",
     "STRATEGIES",
     "TRITON_NATIVE_FORMATS",
-    "EvictionCandidate",
-    "EvictionPlan",
+    "Demand",
     "PlacementDecision",
+    "Resident",
+    "RoomPlan",
     "RuntimeChoice",
+    "Verdict",
+    "blocked_reason",
     "choose_runtime",
     "idle_unload_candidates",
     "place",
-    "plan_eviction",
+    "plan_room",
+    "swap_verdict",
     "usable_bytes",
 ]

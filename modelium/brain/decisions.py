@@ -43,33 +43,3 @@ class PlacementDecision:
     @property
     def ok(self) -> bool:
         return self.device is not None
-
-
-@dataclass(frozen=True)
-class EvictionCandidate:
-    """A loaded model as the eviction and idle policies see it."""
-
-    name: str
-    device_id: str
-    reserved_bytes: int
-    idle_seconds: float
-    qps: float
-    pinned: bool
-    busy: bool  # serving a request right now
-    # Set when evicting this model parks it (vLLM sleep mode) instead of stopping it: the
-    # bytes it keeps reserved on the device while parked.
-    parked_residue_bytes: int | None = None
-
-    @property
-    def freed_bytes(self) -> int:
-        """What evicting it gives back on its device."""
-        return self.reserved_bytes - (self.parked_residue_bytes or 0)
-
-
-@dataclass(frozen=True)
-class EvictionPlan:
-    """Models to unload so a new reservation fits; empty and infeasible when none would do."""
-
-    victims: tuple[str, ...]
-    reason: str
-    feasible: bool

@@ -1,14 +1,15 @@
-"""Packing reservations onto devices, and choosing what to unload.
+"""Packing reservations onto devices.
 
 Pure functions over the inventory and the ledger's totals. Free memory is computed from
-Modelium's own reservations (not NVML's live "free"), which lags after unloads.
+Modelium's own reservations (not NVML's live "free"), which lags after unloads. What to
+evict when nothing fits is :mod:`modelium.brain.victims`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
-from modelium.brain.decisions import EvictionCandidate, EvictionPlan, PlacementDecision
+from modelium.brain.decisions import PlacementDecision
 from modelium.hardware.devices import Device, Inventory
 
 GIB = 1024**3
@@ -131,93 +132,3 @@ def place(
         required_bytes,
         free - required_bytes,
     )
-
-
-def _eviction_order(c: EvictionCandidate) -> tuple[float, float, int, str]:
-    """Longest idle first, then lowest QPS, then largest (frees most in one go)."""
-    return (-c.idle_seconds, c.qps, -c.reserved_bytes, c.name)
-
-
-def plan_eviction(
-    required_bytes: int,
-    device: Device,
-    reserved_bytes: int,
-    candidates: Sequence[EvictionCandidate],
-    *,
-    max_utilization: float,
-) -> EvictionPlan:
-    """Just enough unpinned, not-busy models on `device` to make `required_bytes` fit.
-
-    `reserved_bytes` is everything Modelium reserved on the device (the candidates included).
-    """
-    usable = usable_bytes(device, max_utilization)
-    free = usable - reserved_bytes
-    need = _gib(required_bytes)
-    if free >= required_bytes:
-        return EvictionPlan((), f"{device.id} already has {_gib(free)} free for {need}", True)
-    if usable < required_bytes:
-        return EvictionPlan(
-            (),
-            f"needs {need} but {device.id} has only {_gib(usable)} usable even when empty",
-            False,
-        )
-
-    on_device = [c for c in candidates if c.device_id == device.id]
-    eligible = sorted((c for c in on_device if not c.pinned and not c.busy), key=_eviction_order)
-    victims: list[EvictionCandidate] = []
-    for cand in eligible:
-        if free >= required_bytes:
-            break
-        victims.append(cand)
-        free += cand.freed_bytes
-    if free < required_bytes:
-        held = [f"{c.name} ({'pinned' if c.pinned else 'busy'})"
-                for c in on_device if c.pinned or c.busy]
-        return EvictionPlan(
-            (),
-            f"needs {need} on {device.id}: unloading every evictable model "
-            f"({', '.join(c.name for c in eligible) or 'none'}) would leave only "
-            f"{_gib(max(0, free))} free; not evictable: {', '.join(held) or 'none'}",
-            False,
-        )
-    detail = ", ".join(
-        f"{c.name} (idle {c.idle_seconds:.0f}s, {c.qps:.2f} qps, {_gib(c.reserved_bytes)}"
-        + (f", parked: keeps {_gib(c.parked_residue_bytes)})" if c.parked_residue_bytes else ")")
-        for c in victims
-    )
-    return EvictionPlan(
-        tuple(c.name for c in victims),
-        f"unload {detail} on {device.id} to make {need} fit ({_gib(free)} free after)",
-        True,
-    )
-
-
-def idle_unload_candidates(
-    candidates: Sequence[EvictionCandidate],
-    *,
-    idle_after_seconds: float,
-    min_qps: float,
-    always_loaded: Collection[str],
-) -> list[tuple[str, str]]:
-    """(name, reason) for models quiet long enough to unload, longest idle first.
-
-    `idle_after_seconds` <= 0 disables idle unloading. A model qualifies when idle for at
-    least `idle_after_seconds` and its QPS is below `min_qps` (`min_qps` <= 0 drops the QPS
-    condition, since "below 0 QPS" would otherwise never hold). Pinned, busy and
-    always-loaded models never qualify.
-    """
-    if idle_after_seconds <= 0:
-        return []
-    out: list[tuple[str, str]] = []
-    for c in sorted(candidates, key=lambda c: (-c.idle_seconds, c.name)):
-        if c.pinned or c.busy or c.name in always_loaded:
-            continue
-        if c.idle_seconds < idle_after_seconds:
-            continue
-        if min_qps > 0 and c.qps >= min_qps:
-            continue
-        qps_part = f" and {c.qps:.2f} qps < {min_qps:.2f}" if min_qps > 0 else ""
-        out.append(
-            (c.name, f"idle {c.idle_seconds:.0f}s >= {idle_after_seconds:.0f}s{qps_part}")
-        )
-    return out

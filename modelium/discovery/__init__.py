@@ -6,9 +6,11 @@ valid model is decided by the callback the orchestrator passes to :class:`DropWa
 
 from .filing import (
     REASON_FILE,
+    commit_staged,
     file_into_repository,
     find_unsafe_symlinks,
     quarantine,
+    stage_in_repository,
     symlink_rejection_reason,
 )
 from .names import MAX_NAME_LENGTH, sanitize_model_name
@@ -35,6 +37,7 @@ __all__ = [
     "OnComplete",
     "SettleTracker",
     "Snapshot",
+    "commit_staged",
     "file_into_repository",
     "find_unsafe_symlinks",
     "is_complete",
@@ -43,5 +46,6 @@ __all__ = [
     "quarantine",
     "sanitize_model_name",
     "scan_drop",
+    "stage_in_repository",
     "symlink_rejection_reason",
 ]

@@ -37,6 +37,21 @@ def file_into_repository(drop: Path, repository: Path, name: str) -> Path:
     return _swap_into_place(staged, repository / name, restore_to=drop)
 
 
+def stage_in_repository(drop: Path, repository: Path, name: str) -> Path:
+    """Move ``drop`` into a hidden folder of ``repository`` (a re-drop's new version, loaded
+    from there beside the old one) and return it; :func:`commit_staged` files it."""
+    _check_component(name)
+    staged = _stage(drop, repository, name)
+    (staged / READY_MARKER).unlink(missing_ok=True)
+    return staged
+
+
+def commit_staged(staged: Path, repository: Path, name: str) -> Path:
+    """Make a staged version ``repository/name`` (the old folder is removed)."""
+    _check_component(name)
+    return _swap_into_place(staged, repository / name, restore_to=staged)
+
+
 def quarantine(drop: Path, failed_dir: Path, name: str, reason: str) -> Path:
     """Move a rejected ``drop`` to ``failed_dir/name`` with a REASON.txt explaining why.
 

@@ -7,9 +7,10 @@ errors to status codes. Errors always have the shape
 
 from __future__ import annotations
 
-import contextlib
 import asyncio
+import contextlib
 import logging
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -22,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from modelium import __version__
 from modelium.gateway.auth import api_key_checker
+from modelium.gateway.request_options import request_options
 from modelium.gateway.schemas import PredictRequest
 from modelium.metrics import ModeliumMetrics
 from modelium.orchestrator import (
@@ -51,7 +53,7 @@ def error_response(
 ) -> JSONResponse:
     headers = dict(headers or {})
     if status == 503:
-        headers["Retry-After"] = RETRY_AFTER_SECONDS
+        headers.setdefault("Retry-After", RETRY_AFTER_SECONDS)
     return JSONResponse(
         status_code=status,
         content={"error": {"type": error_type, "message": message, **extra}},
@@ -142,7 +144,7 @@ def create_app(
     @app.post("/models/{name}/load", dependencies=[authorized])
     async def load_model(name: str) -> Any:
         try:
-            return (await orchestrator.retry(name)).to_dict()
+            return (await orchestrator.load(name)).to_dict()
         except Exception as exc:  # noqa: BLE001 - mapped below
             return _map_error(exc)
 
@@ -170,8 +172,7 @@ def create_app(
     @app.get("/decisions", dependencies=[authorized])
     async def decisions(limit: int = 100, model: str | None = None) -> dict[str, Any]:
         """Newest first; ``model`` keeps one model's decisions only."""
-        entries = [d for d in reversed(orchestrator.decisions) if model is None or d["model"] == model]
-        return {"decisions": entries[: max(1, min(limit, 500))]}
+        return {"decisions": orchestrator.decisions.newest(max(1, min(limit, 500)), model)}
 
     @app.get("/status", dependencies=[authorized])
     async def status() -> dict[str, Any]:
@@ -184,17 +185,21 @@ def create_app(
             "reserved_bytes": orchestrator.ledger.by_device(),
             "models": {r.name: r.state.value for r in orchestrator.models()},
             "quarantined": list(orchestrator.quarantined),
-            "recent_decisions": list(reversed(orchestrator.decisions))[:20],
+            "recent_decisions": orchestrator.decisions.newest(20),
+            **orchestrator.status(),
             "config": settings.to_public_dict(),
         }
 
     @app.post("/predict/{name}", dependencies=[authorized])
-    async def predict(name: str, body: PredictRequest) -> Any:
+    async def predict(name: str, body: PredictRequest, request: Request) -> Any:
         request_id = uuid.uuid4().hex[:16]
         started = time.perf_counter()
         runtime = "none"
         try:
-            record, outputs = await orchestrator.predict(name, body.inputs, body.parameters)
+            options = request_options(request)
+            record, outputs = await orchestrator.predict(name, body.inputs, body.parameters,
+                                                         wait_seconds=options.wait_seconds,
+                                                         priority=options.priority)
             runtime = record.runtime or "none"
         except Exception as exc:  # noqa: BLE001 - mapped to a status below
             response = _map_error(exc)
@@ -246,13 +251,19 @@ def _map_error(exc: Exception) -> JSONResponse:
         return error_response(409, "model_failed", exc.message)
     if isinstance(exc, TooManyRequestsError):
         return error_response(429, "too_many_requests", exc.message,
-                              headers={"Retry-After": RETRY_AFTER_BUSY_SECONDS})
+                              headers={"Retry-After": _retry_after(exc, RETRY_AFTER_BUSY_SECONDS)})
     if isinstance(exc, (NoCapacityError, NotReadyError, LoadTimeoutError)):
-        return error_response(503, "unavailable", exc.message)
+        return error_response(503, "unavailable", exc.message,
+                              headers={"Retry-After": _retry_after(exc, RETRY_AFTER_SECONDS)})
     if isinstance(exc, (RuntimeUnavailableError, ModelNotLoadedError)):
         return error_response(503, "runtime_unavailable", str(exc))
     log.exception("request failed", exc_info=exc)
     return error_response(500, "internal_error", f"{type(exc).__name__}: {exc}")
+
+
+def _retry_after(exc: Exception, default: str) -> str:
+    seconds = getattr(exc, "retry_after", None)
+    return str(max(1, math.ceil(seconds))) if seconds is not None else default
 
 
 def _status_label(status_code: int) -> str:

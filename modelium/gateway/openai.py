@@ -47,7 +47,8 @@ from starlette.types import Receive, Scope, Send
 
 from modelium.gateway.app import _map_error, _status_label, error_response
 from modelium.metrics import ModeliumMetrics
-from modelium.orchestrator import Orchestrator, UnknownModelError
+from modelium.gateway.request_options import request_options
+from modelium.orchestrator import Orchestrator, Serving, UnknownModelError
 from modelium.orchestrator.records import ModelRecord, ModelState
 from modelium.runtimes.base import RuntimeUnavailableError
 from modelium.runtimes.errors import BadRequestError
@@ -211,22 +212,28 @@ class _OpenAIHandler:
             stream = body.get("stream")
             if stream is not None and not isinstance(stream, bool):
                 raise BadRequestError(f"stream must be a boolean, got {type(stream).__name__}")
+            options = request_options(request)
             for attempt in (1, 2):
-                record, base_url = await self.orchestrator.openai_target(model)
-                runtime = record.runtime or "none"
+                serving = await self.orchestrator.acquire(model, wait_seconds=options.wait_seconds,
+                                                          priority=options.priority)
+                runtime = serving.record.runtime or "none"
+                base_url = serving.base_url
                 if base_url is None:
-                    return await self._adapt(kind, body, record, started, bool(stream))
+                    try:
+                        return await self._adapt(kind, body, serving, started, bool(stream))
+                    finally:
+                        self.orchestrator.release(serving)
                 try:
-                    return await self._proxy(kind, raw, record, base_url, started, bool(stream))
+                    return await self._proxy(kind, raw, serving, base_url, started, bool(stream))
                 except httpx.ConnectError as exc:
-                    if attempt == 2:
+                    lost = await self.orchestrator.report_lost(
+                        serving, f"its server at {base_url} refused the connection ({exc})")
+                    if attempt == 2 or not lost:
                         raise RuntimeUnavailableError(
                             f"the OpenAI server of model {model!r} at {base_url} refused the "
-                            f"connection again after a reload: {exc}"
+                            f"connection: {exc}"
                         ) from exc
-                    log.warning("server of %s at %s refused the connection; reloading", model, base_url)
-                    await self.orchestrator.report_lost(
-                        model, f"its server at {base_url} refused the connection ({exc})")
+                    log.warning("server of %s at %s is gone; reloading", model, base_url)
             raise AssertionError("unreachable")
         except _RequestFailed as failed:
             response = failed.response
@@ -251,17 +258,20 @@ class _OpenAIHandler:
 
     # ------------------------------------------------------------------ vLLM proxy
 
-    async def _proxy(self, kind: str, raw: bytes, record: ModelRecord, base_url: str,
+    async def _proxy(self, kind: str, raw: bytes, serving: Serving, base_url: str,
                      started: float, stream: bool) -> Response:
+        """Relay to the model's own server; ``serving`` is released when the answer (or
+        the stream) ends, whatever happens."""
+        record = serving.record
         client = self.upstream.get()
         url = f"{base_url.rstrip('/')}/v1/{kind}"
         # identity: the bytes are relayed as they come, so they must not be compressed.
         headers = {"content-type": "application/json", "accept-encoding": "identity"}
-        # No await between openai_target returning and marking the model busy, so it
-        # cannot be evicted under the request.
         if not stream:
-            async with self.orchestrator.in_flight(record.name):
+            try:
                 upstream = await client.post(url, content=raw, headers=headers)
+            finally:
+                self.orchestrator.release(serving)
             seconds = time.perf_counter() - started
             if upstream.status_code >= 400:
                 raise _RequestFailed(_upstream_error(upstream.status_code, upstream.content))
@@ -270,8 +280,6 @@ class _OpenAIHandler:
             self._record_success(record, seconds, tokens, seconds)
             return Response(content=upstream.content, status_code=upstream.status_code,
                             media_type=upstream.headers.get("content-type", "application/json"))
-        stack = contextlib.AsyncExitStack()  # the stream's end leaves in_flight (on_close)
-        await stack.enter_async_context(self.orchestrator.in_flight(record.name))
         try:
             request = client.build_request("POST", url, content=raw, headers=headers)
             upstream = await client.send(request, stream=True)
@@ -282,7 +290,7 @@ class _OpenAIHandler:
                     await upstream.aclose()
                 raise _RequestFailed(_upstream_error(upstream.status_code, content))
         except BaseException:
-            await stack.aclose()
+            self.orchestrator.release(serving)
             raise
         observer = _SSEObserver(started)
 
@@ -302,7 +310,7 @@ class _OpenAIHandler:
             try:
                 await upstream.aclose()  # cancels the upstream request if it is still running
             finally:
-                await stack.aclose()
+                self.orchestrator.release(serving)
                 status = "cancelled" if client_gone and not observer.done else (
                     "error" if observer.failed else "ok")
                 self._record_success(record, observer.first_content_seconds, observer.tokens,
@@ -312,10 +320,11 @@ class _OpenAIHandler:
 
     # ------------------------------------------------------------------ Ray Serve adapter
 
-    async def _adapt(self, kind: str, body: dict[str, Any], record: ModelRecord,
+    async def _adapt(self, kind: str, body: dict[str, Any], serving: Serving,
                      started: float, stream: bool) -> Response:
+        record = serving.record
         request = _adapter_request(kind, body, _task(record) or "text-generation")
-        record, outputs = await self.orchestrator.predict(record.name, request.inputs, request.parameters)
+        outputs = await self.orchestrator.infer(serving, request.inputs, request.parameters)
         results = outputs if isinstance(outputs, list) and kind == COMPLETIONS and request.batch else [outputs]
         if not all(isinstance(r, dict) and isinstance(r.get("generated_text"), str) for r in results):
             raise RuntimeError(f"the runtime answered with no generated text: {str(outputs)[:200]}")
@@ -360,7 +369,7 @@ class _OpenAIHandler:
             return error_response(404, "not_found",
                                   f"model {name!r} is served by {record.runtime}, not by vLLM")
         manager = self.orchestrator.managers.get("vllm")
-        base_url = manager.openai_base_url(name) if manager and record.state == ModelState.READY else None
+        base_url = manager.openai_base_url(record.instance) if manager and record.state == ModelState.READY else None
         if base_url is None:
             return error_response(
                 409, "model_not_loaded",

@@ -11,7 +11,8 @@ import threading
 
 
 class MemoryLedger:
-    """model name -> (device id, reserved bytes); one reservation per model."""
+    """instance key -> (device id, reserved bytes); one reservation per runtime instance
+    (a model, or the old and new versions of a re-dropped model side by side)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -45,6 +46,11 @@ class MemoryLedger:
             for dev, n in self._reservations.values():
                 totals[dev] = totals.get(dev, 0) + n
             return totals
+
+    def bytes_of(self, model: str) -> int:
+        with self._lock:
+            entry = self._reservations.get(model)
+            return entry[1] if entry else 0
 
     def device_of(self, model: str) -> str | None:
         with self._lock:

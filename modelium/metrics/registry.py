@@ -25,6 +25,8 @@ from prometheus_client import (
 from prometheus_client import start_http_server as _prom_start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from modelium.metrics.scheduling import SchedulingMetrics
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 # Time to first token: from ~10 ms (a warm vLLM server) to minutes (a cold load first).
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -163,6 +165,23 @@ class ModeliumMetrics:
             ["device"], registry=r,
         )
         r.register(_ScrapeTimeCollector(self))
+        self.scheduling = SchedulingMetrics(r, clock)
+        self.activity = self.scheduling.activity
+
+    # --- scheduling -------------------------------------------------------------------
+
+    def count_swap(self, device: str) -> None:
+        self.scheduling.swaps.labels(device).inc()
+
+    def observe_drain(self, seconds: float) -> None:
+        self.scheduling.drain_seconds.observe(max(0.0, seconds))
+
+    def observe_queue_wait(self, model: str, seconds: float) -> None:
+        self.scheduling.queue_wait.labels(model).observe(max(0.0, seconds))
+
+    @staticmethod
+    def wall_time() -> float:
+        return time.time()
 
     # --- requests ---------------------------------------------------------------------
 

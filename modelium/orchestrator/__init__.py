@@ -10,8 +10,10 @@ from modelium.orchestrator.errors import (
     TooManyRequestsError,
     UnknownModelError,
 )
-from modelium.orchestrator.orchestrator import Orchestrator
+from modelium.orchestrator.admission import Priority
+from modelium.orchestrator.orchestrator import Orchestrator, Serving
 from modelium.orchestrator.records import ModelRecord, ModelState
+from modelium.orchestrator.store import StateStore
 
 __all__ = [
     "DropHandler",
@@ -23,6 +25,9 @@ __all__ = [
     "NotReadyError",
     "Orchestrator",
     "OrchestratorError",
+    "Priority",
+    "Serving",
+    "StateStore",
     "TooManyRequestsError",
     "UnknownModelError",
 ]

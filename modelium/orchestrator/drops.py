@@ -2,18 +2,27 @@
 
 This is the callback the discovery watcher awaits for each complete folder in
 ``incoming/``. Validation happens *before* anything is moved into the repository, so a bad
-drop never replaces a good model of the same name.
+drop never replaces a good model of the same name; a drop under an existing name is
+staged and swapped in by the orchestrator's re-drop (:mod:`.replacement`), which keeps
+the old version when the new one cannot load. The callback never waits for a load, so
+one slow model never holds up the next drop or shutdown.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from pathlib import Path
 
 from modelium.analysis import InvalidModelError, analyze_folder
-from modelium.discovery import file_into_repository, quarantine, sanitize_model_name
-from modelium.discovery import symlink_rejection_reason
+from modelium.discovery import (
+    file_into_repository,
+    quarantine,
+    sanitize_model_name,
+    stage_in_repository,
+    symlink_rejection_reason,
+)
 from modelium.orchestrator.orchestrator import Orchestrator
 
 log = logging.getLogger(__name__)
@@ -38,7 +47,7 @@ class DropHandler:
             await self._reject(drop, name, reason, "unsafe-symlink")
             return
         try:
-            await asyncio.to_thread(analyze_folder, drop, name)
+            profile = await asyncio.to_thread(analyze_folder, drop, name)
         except InvalidModelError as exc:
             await self._reject(drop, name, str(exc), "invalid")
             return
@@ -46,13 +55,17 @@ class DropHandler:
             await self._reject(drop, name, f"unreadable: {exc}", "unreadable")
             return
 
-        await self._orchestrator.unload_for_replacement(name)
-        final = await asyncio.to_thread(
-            file_into_repository, drop, self._settings.model_repository, name
-        )
+        repository = self._settings.model_repository
+        if name in self._orchestrator.table:
+            staged = await asyncio.to_thread(stage_in_repository, drop, repository, name)
+            self._metrics.count_drop("staged")
+            log.info("re-drop %r of model %s staged at %s", raw_name, name, staged, extra={"model": name})
+            self._orchestrator.replace_model(name, staged, dataclasses.replace(profile, path=str(staged)))
+            return
+        final = await asyncio.to_thread(file_into_repository, drop, repository, name)
         self._metrics.count_drop("filed")
         log.info("filed drop %r as model %s at %s", raw_name, name, final, extra={"model": name})
-        await self._orchestrator.add_model(name, final)
+        await self._orchestrator.add_model(name, final, profile=dataclasses.replace(profile, path=str(final)))
 
     async def _reject(self, drop: Path, name: str, reason: str, reason_code: str) -> None:
         target = await asyncio.to_thread(quarantine, drop, self._settings.failed_dir, name, reason)

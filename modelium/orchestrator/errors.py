@@ -4,11 +4,13 @@ from __future__ import annotations
 
 
 class OrchestratorError(Exception):
-    """Base class; ``message`` is shown to the client as is."""
+    """Base class; ``message`` is shown to the client as is. ``retry_after`` (seconds),
+    when known, becomes the answer's Retry-After header."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.retry_after = retry_after
 
 
 class UnknownModelError(OrchestratorError):
@@ -38,4 +40,4 @@ class TooManyRequestsError(OrchestratorError):
 
 
 class LoadTimeoutError(OrchestratorError):
-    """The model did not finish loading within load_wait_timeout_seconds (HTTP 503)."""
+    """The request's wait budget ran out before the model could serve it (HTTP 503)."""

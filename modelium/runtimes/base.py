@@ -4,14 +4,26 @@ The orchestrator only talks to runtimes through this class, so adding a runtime 
 touches the orchestrator, the brain or the gateway. All methods are async; managers run
 blocking client calls in threads (``asyncio.to_thread``) so the gateway's event loop
 never stalls on a slow load.
+
+Optional abilities are *declared* in :attr:`RuntimeManager.capabilities` (never probed
+with ``hasattr``): a manager that declares :attr:`Capability.PARK` implements
+:meth:`park`, :meth:`wake` and :meth:`park_residue_bytes`; the scheduler then may keep
+an evicted model parked (process alive, most device memory released) instead of stopping
+it.
+
+Names: every method takes the model's *instance key* (``LoadRequest.name``): the model's
+name for its first version, ``NAME.REVn`` for a re-dropped version loaded beside the old
+one. ``LoadRequest.served_name`` is the public name clients use (vLLM's
+``--served-model-name``).
 """
 
 from __future__ import annotations
 
+import enum
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from modelium.analysis.profile import MemoryEstimate, ModelProfile
 from modelium.hardware.devices import Device
@@ -26,19 +38,31 @@ class ModelNotLoadedError(RuntimeError):
 
 
 class RuntimeUnavailableError(RuntimeError):
-    """The runtime itself is down or unreachable."""
+    """The runtime itself is down or unreachable (or cannot tell right now)."""
+
+
+class Capability(str, enum.Enum):
+    """Optional abilities a manager declares in ``capabilities``."""
+
+    #: park()/wake()/park_residue_bytes(): keep the process, give back most device memory.
+    PARK = "park"
 
 
 @dataclass(frozen=True)
 class LoadRequest:
     """Everything a manager needs to load one model on one device."""
 
-    name: str
+    name: str  # the instance key every later call uses
     model_dir: Path
     profile: ModelProfile
     device: Device
     memory: MemoryEstimate
     options: dict[str, Any] = field(default_factory=dict)  # per-model config overrides
+    served_name: str | None = None  # the public model name (None: same as ``name``)
+
+    @property
+    def public_name(self) -> str:
+        return self.served_name or self.name
 
 
 @dataclass(frozen=True)
@@ -60,6 +84,8 @@ class RuntimeManager(ABC):
 
     #: Short identifier used in config, metrics labels and API answers ("ray_serve").
     name: str
+    #: Optional abilities this manager implements (see :class:`Capability`).
+    capabilities: ClassVar[frozenset[Capability]] = frozenset()
 
     @abstractmethod
     async def start(self) -> None:
@@ -91,7 +117,37 @@ class RuntimeManager(ABC):
 
     @abstractmethod
     async def loaded_models(self) -> set[str]:
-        """Names of the models this manager has loaded and that are live right now."""
+        """Instance keys of the models this manager has loaded that are live right now.
+
+        A model is absent only when the runtime *knows* it is gone (its process exited, the
+        runtime says it no longer has it). When the runtime cannot tell (a timeout, an index
+        call that failed while the server is alive) this raises RuntimeUnavailableError: the
+        supervisor then treats the runtime's models as unknown, never as crashed. Models in
+        a transient state (a Ray app redeploying a replica) count as live.
+        """
+
+    async def process_ids(self, name: str) -> list[int]:
+        """PIDs of the processes whose memory is this model's own (its server, its stubs,
+        its replicas; their children count too), for measuring its real footprint. ``[]``
+        when the model lives inside a process shared with other models."""
+        return []
+
+    # ---------------------------------------------------------- Capability.PARK
+
+    def park_residue_bytes(self, name: str) -> int | None:
+        """Device bytes the model keeps while parked, or None when this model cannot be
+        parked now (not started with parking enabled, not on a GPU...)."""
+        return None
+
+    async def park(self, name: str) -> float:
+        """Release most of the model's device memory, keeping its process; returns the
+        seconds it took. Raises when parking failed (the model is then still loaded)."""
+        raise NotImplementedError(f"{self.name} cannot park models")
+
+    async def wake(self, name: str) -> float:
+        """Bring a parked model back; returns the seconds it took. Raises when waking
+        failed (the caller then stops the model and loads it cold)."""
+        raise NotImplementedError(f"{self.name} cannot wake models")
 
     def openai_base_url(self, name: str) -> str | None:
         """Base URL (``http://127.0.0.1:PORT``) of an OpenAI-compatible server that serves

@@ -1,4 +1,4 @@
-"""Brain: runtime rules, packing, eviction order and idle unloads (pure functions)."""
+"""Brain: runtime rules and packing (pure functions); victims: test_brain_victims.py."""
 
 from __future__ import annotations
 
@@ -11,11 +11,8 @@ from modelium.brain import (
     RUNTIME_RAY_SERVE,
     RUNTIME_TRITON,
     RUNTIME_VLLM,
-    EvictionCandidate,
     choose_runtime,
-    idle_unload_candidates,
     place,
-    plan_eviction,
     usable_bytes,
 )
 from modelium.hardware import GIB, Device, Inventory
@@ -214,86 +211,6 @@ def test_pinned_placement() -> None:
 def test_bad_strategy_rejected() -> None:
     with pytest.raises(ValueError):
         place(1, inv(gpu(0, 1)), {}, strategy="random")
-
-
-# --- eviction -------------------------------------------------------------------------
-
-
-def cand(name: str, size_gib: float, idle: float = 0, qps: float = 0, *, device: str = "gpu:0",
-         pinned: bool = False, busy: bool = False) -> EvictionCandidate:
-    return EvictionCandidate(name=name, device_id=device, reserved_bytes=int(size_gib * GIB),
-                             idle_seconds=idle, qps=qps, pinned=pinned, busy=busy)
-
-
-def test_eviction_takes_longest_idle_first_and_just_enough() -> None:
-    dev = gpu(0, 10)
-    cands = [cand("recent", 3, idle=10), cand("old", 3, idle=500), cand("mid", 3, idle=100)]
-    plan = plan_eviction(3 * GIB, dev, 9 * GIB, cands, max_utilization=1.0)
-    # free 1 GiB; evicting "old" gives 4 -> enough
-    assert plan.feasible and plan.victims == ("old",)
-    assert "old" in plan.reason and "idle 500s" in plan.reason
-    plan2 = plan_eviction(6 * GIB, dev, 9 * GIB, cands, max_utilization=1.0)
-    assert plan2.victims == ("old", "mid")
-
-
-def test_eviction_ties_broken_by_qps_then_size() -> None:
-    dev = gpu(0, 10)
-    cands = [cand("busyish", 2, idle=60, qps=1.0), cand("small", 2, idle=60, qps=0.1),
-             cand("big", 4, idle=60, qps=0.1)]
-    plan = plan_eviction(2 * GIB, dev, 10 * GIB, cands, max_utilization=1.0)
-    assert plan.victims == ("big",)  # lowest qps tie -> largest first
-    plan_all = plan_eviction(8 * GIB, dev, 10 * GIB, cands, max_utilization=1.0)
-    assert plan_all.victims == ("big", "small", "busyish")
-
-
-def test_eviction_never_takes_pinned_busy_or_other_devices() -> None:
-    dev = gpu(0, 10)
-    cands = [cand("pinned", 4, idle=900, pinned=True), cand("busy", 4, idle=0, busy=True),
-             cand("elsewhere", 8, idle=999, device="gpu:1"), cand("ok", 2, idle=5)]
-    plan = plan_eviction(2 * GIB, dev, 10 * GIB, cands, max_utilization=1.0)
-    assert plan.feasible and plan.victims == ("ok",)
-    infeasible = plan_eviction(5 * GIB, dev, 10 * GIB, cands, max_utilization=1.0)
-    assert not infeasible.feasible and infeasible.victims == ()
-    assert "pinned (pinned)" in infeasible.reason and "busy (busy)" in infeasible.reason
-
-
-def test_eviction_not_needed_or_pointless() -> None:
-    dev = gpu(0, 10)
-    assert plan_eviction(GIB, dev, 0, [], max_utilization=1.0) == plan_eviction(
-        GIB, dev, 0, [cand("x", 1, idle=99)], max_utilization=1.0
-    )
-    fits = plan_eviction(GIB, dev, 0, [cand("x", 1, idle=99)], max_utilization=1.0)
-    assert fits.feasible and fits.victims == ()
-    too_big = plan_eviction(11 * GIB, dev, 0, [cand("x", 1, idle=99)], max_utilization=1.0)
-    assert not too_big.feasible and "even when empty" in too_big.reason
-
-
-# --- idle unloads ---------------------------------------------------------------------
-
-
-def test_idle_unload_candidates() -> None:
-    cands = [
-        cand("quiet", 1, idle=700, qps=0.0),
-        cand("quieter", 1, idle=900, qps=0.0),
-        cand("recent", 1, idle=100, qps=0.0),
-        cand("popular", 1, idle=700, qps=5.0),
-        cand("pinned", 1, idle=999, pinned=True),
-        cand("busy", 1, idle=999, busy=True),
-        cand("keep", 1, idle=999),
-    ]
-    out = idle_unload_candidates(cands, idle_after_seconds=600, min_qps=0.5,
-                                 always_loaded={"keep"})
-    assert [name for name, _ in out] == ["quieter", "quiet"]
-    assert "idle 900s >= 600s" in out[0][1] and "0.00 qps < 0.50" in out[0][1]
-
-
-def test_idle_unload_disabled_and_qps_free_mode() -> None:
-    cands = [cand("quiet", 1, idle=700)]
-    assert idle_unload_candidates(cands, idle_after_seconds=0, min_qps=1,
-                                  always_loaded=()) == []
-    # min_qps 0: idleness alone decides
-    out = idle_unload_candidates(cands, idle_after_seconds=600, min_qps=0, always_loaded=())
-    assert [n for n, _ in out] == ["quiet"]
 
 
 def test_decisions_are_frozen() -> None:

@@ -32,7 +32,7 @@ def gateway(tmp_path: Path):
         orchestrator = Orchestrator(settings, {"ray_serve": manager}, inventory, MemoryLedger(), metrics)
         client = stack.enter_context(TestClient(create_app(orchestrator, metrics)))
         client.portal.call(orchestrator.start)  # run on the app's own event loop
-        client.portal.call(orchestrator.load_registered)
+        client.portal.call(orchestrator.quiesce)
         return client
 
     yield build
@@ -45,7 +45,7 @@ def test_predict_returns_model_runtime_and_outputs(gateway):
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["model"] == "tiny" and body["runtime"] == "ray_serve"
-    assert body["outputs"] == {"echo": "hello", "device": "gpu:0"}
+    assert body["outputs"] == {"echo": "hello", "device": "gpu:0", "instance": "tiny"}
     metrics = client.get("/metrics").text
     assert 'modelium_requests_total{model="tiny",runtime="ray_serve",status="ok"} 1.0' in metrics
 

@@ -161,6 +161,7 @@ class FakeVllm(FakeManager):
         self.default_url = default_url
         self.urls: dict[str, list[str]] = {}
         self.current: dict[str, str] = {}
+        self.dead_urls: set[str] = set()
 
     async def load(self, request: LoadRequest) -> None:
         await super().load(request)
@@ -173,6 +174,11 @@ class FakeVllm(FakeManager):
 
     def openai_base_url(self, name: str) -> str | None:
         return self.current.get(name) if name in self.loaded else None
+
+    async def loaded_models(self) -> set[str]:
+        """A server at a dead URL is a process that exited: the runtime knows it is gone."""
+        live = await super().loaded_models()
+        return {n for n in live if self.current.get(n) not in self.dead_urls}
 
 
 class FakeTransformers(FakeManager):
@@ -259,7 +265,7 @@ def stack_factory(tmp_path: Path, upstream: Upstream) -> Iterator[Callable[..., 
         stack = Stack(gateway, upstream, orchestrator, vllm, ray, clients)
         built.append(stack)
         gateway.call(orchestrator.start())
-        gateway.call(orchestrator.load_registered())
+        gateway.call(orchestrator.quiesce())
         return stack
 
     yield build
@@ -381,6 +387,7 @@ def test_refused_connection_reports_lost_and_retries_once(stack: Stack, upstream
     with socket.socket() as dead:  # bound but not listening: connections are refused
         dead.bind(("127.0.0.1", 0))
         stack.http.post("/models/llama-v/unload")
+        stack.vllm.dead_urls.add(f"http://127.0.0.1:{dead.getsockname()[1]}")
         stack.vllm.urls["llama-v"] = [f"http://127.0.0.1:{dead.getsockname()[1]}"]
         assert stack.http.post("/models/llama-v/load").status_code == 200
         response = stack.http.post("/v1/completions", json={"model": "llama-v", "prompt": "hi"})

@@ -216,8 +216,10 @@ async def test_idle_unload_uses_the_sources_numbers_and_names_them(tmp_path):
     )
     await orchestrator.start()
     for name in ("quiet", "popular", "fresh"):
-        await orchestrator.add_model(name, make_config_only_model(tmp_path / f"models/repository/{name}"))
-    await orchestrator.reconcile()
+        await orchestrator.add_model(name, make_config_only_model(tmp_path / f"models/repository/{name}"),
+                                     wait=True)
+    await orchestrator.tick()
+    await orchestrator.quiesce()
     assert source.refreshes >= 1
     states = {r.name: r.state for r in orchestrator.models()}
     assert states == {"quiet": ModelState.UNLOADED, "popular": ModelState.READY,
@@ -229,21 +231,21 @@ async def test_idle_unload_uses_the_sources_numbers_and_names_them(tmp_path):
     assert "from fake" in orchestrator.get("quiet").reason
 
 
-async def test_eviction_refreshes_the_source_and_records_its_numbers(tmp_path):
+async def test_eviction_reads_the_sources_request_rate_and_records_its_numbers(tmp_path):
     # ~0.72 GiB per tiny model, 1.8 GiB usable: the third load must evict one; the source
-    # says "b" is the idle one although "a" was loaded first.
+    # (other gateways' traffic too) says "a" is busy although this gateway saw no request.
     source = FakeSource(idle={"a": 1.0, "b": 300.0}, qps={"a": 2.0, "b": 0.0})
     orchestrator, _ = _orchestrator(tmp_path, source, gpu_gib=2.0)
     await orchestrator.start()
     for name in ("a", "b", "c"):
-        await orchestrator.add_model(name, make_config_only_model(tmp_path / f"models/repository/{name}"))
+        await orchestrator.add_model(name, make_config_only_model(tmp_path / f"models/repository/{name}"),
+                                     wait=True)
     assert orchestrator.get("b").state == ModelState.UNLOADED
     assert orchestrator.get("a").state == ModelState.READY
-    assert source.refreshes >= 1
     evict = next(d for d in orchestrator.decisions if d["action"] == "evict")
-    assert evict["numbers"] == {"b": {"idle_seconds": 300.0, "qps": 0.0, "source": "fake"}}
-    assert "b: idle 300.0s, 0.000 qps, from fake" in evict["reason"]
-    assert "evicted to make room for c (idle 300.0s" in orchestrator.get("b").reason
+    assert set(evict["numbers"]["victims"]) == {"b"}
+    assert evict["numbers"]["victims"]["b"]["rate_per_s"] == 0.0
+    assert "evicted to make room for c (0.000 req/s" in orchestrator.get("b").reason
 
 
 async def test_local_source_is_the_default_and_dead_prometheus_never_breaks_reconcile(tmp_path):
@@ -265,11 +267,12 @@ async def test_local_source_is_the_default_and_dead_prometheus_never_breaks_reco
     orchestrator = Orchestrator(settings, {"ray_serve": FakeManager()}, inventory, MemoryLedger(),
                                 metrics, metric_source=source)
     await orchestrator.start()
-    await orchestrator.add_model("m", make_config_only_model(tmp_path / "models/repository/m"))
+    await orchestrator.add_model("m", make_config_only_model(tmp_path / "models/repository/m"), wait=True)
     import asyncio
 
     await asyncio.sleep(0.05)
-    await orchestrator.reconcile()
+    await orchestrator.tick()
+    await orchestrator.quiesce()
     assert orchestrator.get("m").state == ModelState.UNLOADED
     decision = next(d for d in orchestrator.decisions if d["action"] == "idle_unload")
     assert decision["numbers"]["source"].startswith("local (fallback, prometheus unavailable")
