@@ -304,4 +304,86 @@ def _triton_profile(folder: Path, name: str) -> ModelProfile:
         parameters_source="unknown",
         has_tokenizer=_has_tokenizer(folder),
         warnings=("Triton model: parameters unknown; memory sized from version folders",),
+        instances=triton_instance_count(text),
     )
+
+
+_INSTANCE_GROUP = re.compile(r"\binstance_group\s*:?\s*([\[{])")
+_COUNT = re.compile(r"\bcount\s*:\s*(\d+)")
+
+
+def triton_instance_count(config_text: str) -> int:
+    """Model instances a config.pbtxt asks Triton for: the ``count`` of every
+    ``instance_group`` entry summed (an entry without one counts 1, Triton's default); 1
+    without any. Each instance is a copy of the model (for the python backend a stub
+    process of its own), so the reservation scales with it. Only a group's own top-level
+    ``count`` is read, not the ones nested in its ``rate_limiter`` resources. A KIND_GPU
+    group listing several ``gpus`` makes ``count`` instances on *each*: not modelled,
+    Modelium places a model on one device."""
+    text = _strip_pbtxt_comments(config_text)
+    total = 0
+    for match in _INSTANCE_GROUP.finditer(text):
+        opening = match.group(1)
+        end = _matching_bracket(text, match.start(1))
+        inner = text[match.start(1) + 1:end]
+        bodies = _top_level_braces(inner) if opening == "[" else [inner]
+        for body in bodies:
+            found = _COUNT.search(_depth_zero(body))
+            total += int(found.group(1)) if found else 1
+    return max(1, total)
+
+
+def _strip_pbtxt_comments(text: str) -> str:
+    out = []
+    for line in text.splitlines():
+        quoted = False
+        for i, char in enumerate(line):
+            if char == '"':
+                quoted = not quoted
+            elif char == "#" and not quoted:
+                line = line[:i]
+                break
+        out.append(line)
+    return "\n".join(out)
+
+
+def _matching_bracket(text: str, start: int) -> int:
+    """Index of the bracket closing the one at ``start`` (len(text) if unbalanced)."""
+    depth = 0
+    for i in range(start, len(text)):
+        if text[i] in "[{":
+            depth += 1
+        elif text[i] in "]}":
+            depth -= 1
+            if depth == 0:
+                return i
+    return len(text)
+
+
+def _top_level_braces(text: str) -> list[str]:
+    bodies, depth, begin = [], 0, 0
+    for i, char in enumerate(text):
+        if char in "[{":
+            if depth == 0 and char == "{":
+                begin = i + 1
+            depth += 1
+        elif char in "]}":
+            depth -= 1
+            if depth == 0 and char == "}":
+                bodies.append(text[begin:i])
+    return bodies
+
+
+def _depth_zero(text: str) -> str:
+    """``text`` with every bracketed sub-block blanked out."""
+    out, depth = [], 0
+    for char in text:
+        if char in "[{":
+            depth += 1
+        elif char in "]}":
+            depth -= 1
+        elif depth == 0:
+            out.append(char)
+            continue
+        out.append(" ")
+    return "".join(out)

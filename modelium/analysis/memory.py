@@ -1,6 +1,6 @@
 """Itemized memory needed to serve a profiled model on one device.
 
-    total = weights + kv_cache + activations + runtime_overhead
+    total = (weights + kv_cache + activations + runtime_overhead) x copies
 
 weights      profile.weight_bytes (exact from headers/files); config-only drops use
              parameters * bytes(dtype).
@@ -15,6 +15,9 @@ activations  batch * seq * bytes(dtype) * (vocab [if the model emits vocab logit
 overhead     gpu: CUDA context 0.65 GiB per process + allocator margin of
              max(64 MiB, 4% of the rest) for caching-allocator fragmentation.
              cpu: ~0.5 GiB for python + torch + transformers.
+copies       how many copies the runtime loads (Triton instance_group count, Ray Serve
+             num_replicas): each is a process with its own weights, context and
+             buffers, so every item is per copy.
 
 Calibration: forward-pass peak above weights measured with transformers in bf16 on one
 H100 (peaks include the KV cache, so they compare with kv_cache + activations):
@@ -64,17 +67,23 @@ def estimate_memory(
     device_kind: str = "gpu",
     batch_size: int = 1,
     sequence_length: int | None = None,
+    copies: int = 1,
 ) -> MemoryEstimate:
-    """Bytes to serve `profile` at `batch_size` x `sequence_length` on one device."""
+    """Bytes to serve `copies` copies of `profile` at `batch_size` x `sequence_length`
+    each on one device."""
     if device_kind not in ("gpu", "cpu"):
         raise ValueError(f"device_kind must be 'gpu' or 'cpu', got {device_kind!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if copies < 1:
+        raise ValueError(f"copies must be >= 1, got {copies}")
     seq = sequence_length if sequence_length is not None else default_sequence_length(profile)
     if seq < 1:
         raise ValueError(f"sequence_length must be >= 1, got {seq}")
 
     notes: list[str] = []
+    if copies > 1:
+        notes.append(f"{copies} copies: every item is per copy")
     itemsize = dtype_bytes(profile.dtype)
     weights = profile.weight_bytes
     if weights == 0 and profile.parameters:
@@ -111,4 +120,5 @@ def estimate_memory(
         sequence_length=seq,
         device_kind=device_kind,
         notes=tuple(notes),
+        copies=copies,
     )

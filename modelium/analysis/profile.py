@@ -27,7 +27,10 @@ FORMAT_CONFIG_ONLY = "config-only"
 class MemoryEstimate:
     """Bytes needed to serve a model on one device, item by item.
 
-    `total_bytes` is the sum of the items; the brain reserves exactly this much.
+    The items are for *one copy* of the model; `copies` is how many the runtime loads on
+    the device (a Triton ``instance_group`` count, Ray Serve ``num_replicas``), each a
+    process of its own with its own weights. `total_bytes` is the sum of the items times
+    `copies`; the brain reserves exactly this much.
     """
 
     weights_bytes: int
@@ -38,9 +41,14 @@ class MemoryEstimate:
     sequence_length: int
     device_kind: str  # "gpu" or "cpu"
     notes: tuple[str, ...] = ()
+    copies: int = 1
+
+    def __post_init__(self) -> None:
+        if self.copies < 1:
+            raise ValueError(f"copies must be >= 1, got {self.copies}")
 
     @property
-    def total_bytes(self) -> int:
+    def per_copy_bytes(self) -> int:
         return (
             self.weights_bytes
             + self.kv_cache_bytes
@@ -48,9 +56,14 @@ class MemoryEstimate:
             + self.runtime_overhead_bytes
         )
 
+    @property
+    def total_bytes(self) -> int:
+        return self.per_copy_bytes * self.copies
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["notes"] = list(self.notes)
+        data["per_copy_bytes"] = self.per_copy_bytes
         data["total_bytes"] = self.total_bytes
         return data
 
@@ -80,6 +93,8 @@ class ModelProfile:
     vocab_size: int | None = None
     has_tokenizer: bool = False
     warnings: tuple[str, ...] = field(default=())
+    # Copies the folder's own serving config asks for (Triton instance_group counts).
+    instances: int = 1
 
     @property
     def is_causal_lm(self) -> bool:

@@ -91,6 +91,8 @@ def render_report(report: dict[str, Any]) -> str:
     ]
     for item in ("weights_bytes", "kv_cache_bytes", "activation_bytes", "runtime_overhead_bytes"):
         lines.append(f"  {item.removesuffix('_bytes'):<18} {memory[item] / GIB:.3f} GiB")
+    if memory["copies"] > 1:  # Triton instances / Ray replicas: each holds all of the above
+        lines.append(f"  {'copies':<18} x{memory['copies']} (the items above are per copy)")
     placement = report["placement"]
     verdict = f"fits on {placement['device']}" if placement["fits"] else "does not fit"
     lines.append(f"placement     {verdict} ({placement['inventory_source']} inventory)")

@@ -33,7 +33,6 @@ class MemoryViews:
         """Loaded and parked models that could give up memory (not loading, not going)."""
         ctx = self.ctx
         always = set(ctx.settings.orchestration.always_loaded)
-        half_life = ctx.settings.orchestration.scheduler.rate_half_life_seconds
         out = []
         for record in ctx.table.in_states(S.READY, S.PARKED):
             if record.device is None or record.hold is not None:
@@ -46,8 +45,7 @@ class MemoryViews:
                 pinned=record.pinned or record.name in always,
                 in_flight=ctx.admission.in_flight(record.name),
                 queued=ctx.admission.queued(record.name),
-                # this gateway's aged rate, or the source's (all gateways) when higher
-                rate=max(record.usage.rate(now, half_life), ctx.metric_source.qps(record.name)),
+                rate=self.rate_of(record, now),
                 reload_seconds=self.reload_seconds(record),
                 resident_seconds=(now - record.loaded_at) if record.loaded_at is not None
                 and record.served_since_load else math.inf,
@@ -57,6 +55,12 @@ class MemoryViews:
                 parked=record.state == S.PARKED,
             ))
         return out
+
+    def rate_of(self, record: ModelRecord, now: float) -> float:
+        """Requests per second: this gateway's aged rate, or the metric source's (every
+        gateway, over its QPS window) when that is higher."""
+        half_life = self.ctx.settings.orchestration.scheduler.rate_half_life_seconds
+        return max(record.usage.rate(now, half_life), self.ctx.metric_source.qps(record.name))
 
     def park_residue(self, record: ModelRecord) -> int | None:
         """Bytes ``record`` would keep if parked instead of stopped, or None: its runtime

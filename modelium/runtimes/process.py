@@ -16,6 +16,7 @@ Two rules every supervised child follows, and why:
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import sys
@@ -58,6 +59,21 @@ def port_is_free(port: int, host: str = LOOPBACK) -> bool:
         try:
             sock.bind((host, port))
         except OSError:
+            return False
+    return True
+
+
+async def port_accepts(port: int, host: str = LOOPBACK) -> bool:
+    """Whether something accepts TCP connections on ``port`` now. A bare non-blocking
+    connect: ~30 us when refused, against ~1.3 ms of CPU for an HTTP client's failed
+    request, so a readiness loop can poll every few tens of milliseconds while a server
+    is still importing without taking CPU from that very start-up."""
+    loop = asyncio.get_running_loop()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setblocking(False)
+        try:
+            await asyncio.wait_for(loop.sock_connect(sock, (host, port)), 1.0)
+        except (OSError, TimeoutError):
             return False
     return True
 

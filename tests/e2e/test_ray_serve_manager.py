@@ -215,6 +215,31 @@ async def test_unload(manager: RayServeManager) -> None:
     await manager.unload("never-loaded")
 
 
+async def test_instance_key_with_two_replicas_and_their_pids(manager: RayServeManager,
+                                                           model_dirs: dict[str, Path]) -> None:
+    """A re-dropped version's instance key (NAME.REVn) is an app name and route prefix like
+    any other; process_ids finds every replica's own process, and only that."""
+    started = time.monotonic()
+    await manager.load(_request("bert.REV2", model_dirs["bert-classifier"], num_replicas=2))
+    _timed("load bert.REV2 (2 replicas)", started)
+    assert await manager.loaded_models() == {"llama", "bert.REV2"}
+    assert (await manager.infer("bert.REV2", "hello", {}))[0]["label"]
+    status = await asyncio.to_thread(manager._serve.status)
+    assert status.applications["bert.REV2"].deployments["modelium-bert.REV2"].replica_states == {"RUNNING": 2}
+    started = time.monotonic()
+    pids = await manager.process_ids("bert.REV2")
+    _timed("process_ids (2 replicas)", started)
+    llama_pids = await manager.process_ids("llama")
+    assert len(pids) == 2 and len(llama_pids) == 1 and not set(pids) & set(llama_pids)
+    assert manager.cluster is not None
+    under_cluster = {p.pid for p in manager.cluster.descendants()}
+    for pid in pids + llama_pids:
+        assert pid in under_cluster and "ServeReplica" in psutil.Process(pid).name()
+    await manager.unload("bert.REV2")
+    assert await manager.loaded_models() == {"llama"}
+    assert await manager.process_ids("bert.REV2") == []
+
+
 _JOINER = textwrap.dedent(
     """
     import asyncio, json, sys

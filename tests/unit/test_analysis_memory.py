@@ -65,6 +65,7 @@ def test_items_sum_and_scale_with_batch_and_sequence(tmp_path: Path) -> None:
     assert small.weights_bytes == profile.parameters * 2
     assert small.kv_cache_bytes == profile.kv_bytes_per_token * 512
     assert small.to_dict()["total_bytes"] == small.total_bytes
+    assert small.copies == 1 and small.to_dict()["copies"] == 1
 
     bigger_batch = estimate_memory(profile, batch_size=4, sequence_length=512)
     longer = estimate_memory(profile, batch_size=1, sequence_length=2048)
@@ -100,3 +101,18 @@ def test_onnx_profile_uses_file_bytes(tmp_path: Path) -> None:
     estimate = estimate_memory(analyze_folder(tmp_path), device_kind="cpu")
     assert estimate.weights_bytes == 4096 and estimate.kv_cache_bytes == 0
     assert estimate.notes  # activations could not be estimated
+
+
+def test_copies_multiply_every_item(tmp_path: Path) -> None:
+    profile = profile_of(BERT, tmp_path)
+    one = estimate_memory(profile, device_kind="cpu")
+    three = estimate_memory(profile, device_kind="cpu", copies=3)
+    assert (one.copies, three.copies) == (1, 3)
+    assert three.weights_bytes == one.weights_bytes  # the items stay per copy
+    assert three.per_copy_bytes == one.total_bytes
+    assert three.total_bytes == 3 * one.total_bytes
+    data = three.to_dict()
+    assert data["copies"] == 3 and data["total_bytes"] == three.total_bytes
+    assert any("3 copies" in note for note in three.notes)
+    with pytest.raises(ValueError):
+        estimate_memory(profile, copies=0)

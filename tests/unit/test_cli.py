@@ -61,3 +61,15 @@ def test_init_writes_a_loadable_config_and_folders(tmp_path):
     assert (tmp_path / "proj/models/incoming").is_dir()
     again = runner.invoke(app, ["init", str(tmp_path / "proj")])
     assert again.exit_code == 1 and "--force" in again.output
+
+
+def test_analyze_reserves_every_replica(tmp_path):
+    folder = make_config_only_model(tmp_path / "m")
+    config = tmp_path / "modelium.yaml"
+    config.write_text("gpus: [{id: 0, memory_gb: 80}]\nvllm: {enabled: false}\nmodels: {m: {num_replicas: 3}}\n")
+    result = runner.invoke(app, ["analyze", str(folder), "--json", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    memory = json.loads(result.output)["memory"]
+    assert memory["copies"] == 3 and memory["total_bytes"] == 3 * memory["per_copy_bytes"]
+    text = runner.invoke(app, ["analyze", str(folder), "--config", str(config)])
+    assert "copies             x3 (the items above are per copy)" in text.output

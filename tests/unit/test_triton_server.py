@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from modelium.runtimes.triton.install import TritonInstall, locate_tritonserver
-from modelium.runtimes.triton.manager import _copy_own_config_entry, _named_tensors, _text_input, _text_outputs
 from modelium.runtimes.triton.server import (
     STUB_NAME,
     TritonPorts,
@@ -17,7 +16,6 @@ from modelium.runtimes.triton.server import (
     build_env,
 )
 from modelium.runtimes.process import free_ports
-from modelium.runtimes.errors import BadRequestError
 
 
 def _fake_install(tmp_path: Path) -> TritonInstall:
@@ -100,45 +98,3 @@ def test_locate_prefers_an_explicit_executable(tmp_path: Path) -> None:
     exe.chmod(0o755)
     found = locate_tritonserver(str(exe), tmp_path)
     assert found is not None and found.executable == exe.resolve() and not found.bundled
-
-
-def test_named_tensors_typed_from_metadata() -> None:
-    declared = [{"name": "X", "datatype": "FP32", "shape": [-1, -1]},
-                {"name": "S", "datatype": "BYTES", "shape": [-1]}]
-    tensors = _named_tensors("m", {"X": [[1, 2], [3, 4]], "S": ["a", "b"]}, declared)
-    assert tensors[0] == {"name": "X", "shape": [2, 2], "datatype": "FP32", "data": [1.0, 2.0, 3.0, 4.0]}
-    assert tensors[1] == {"name": "S", "shape": [2], "datatype": "BYTES", "data": ["a", "b"]}
-    with pytest.raises(BadRequestError, match="no input"):
-        _named_tensors("m", {"X": [1], "S": ["a"], "Z": [1]}, declared)
-    assert [t["name"] for t in _named_tensors("m", {"X": [1]}, declared)] == ["X"]  # Triton judges
-    with pytest.raises(BadRequestError, match="not a valid FP32"):
-        _named_tensors("m", {"X": [["a"]], "S": ["a"]}, declared)
-    with pytest.raises(BadRequestError, match="not a valid"):
-        _named_tensors("m", {"X": [[1, 2], [3]], "S": ["a"]}, declared)  # ragged
-
-
-def test_text_outputs_decode_json_per_item() -> None:
-    outputs = {"OUTPUT": {"name": "OUTPUT", "datatype": "BYTES", "shape": [2, 1],
-                          "data": ['{"label": "a"}', '[1, 2]']}}
-    assert _text_outputs(outputs, single=False) == [{"label": "a"}, [1, 2]]
-    one = {"OUTPUT": {"name": "OUTPUT", "datatype": "BYTES", "shape": [1, 1], "data": ['{"label": "a"}']}}
-    assert _text_outputs(one, single=True) == {"label": "a"}
-
-
-def test_fallback_entry_copy_sets_the_name(tmp_path: Path) -> None:
-    source = tmp_path / "src"
-    (source / "1").mkdir(parents=True)
-    (source / "config.pbtxt").write_text('name: "old"\nbackend: "python"\n')
-    (source / "1" / "model.py").write_text("")
-    entry = _copy_own_config_entry(tmp_path / "repo", "new-name", source)
-    assert entry == tmp_path / "repo" / "new-name"
-    assert (entry / "config.pbtxt").read_text().startswith('name: "new-name"')
-    assert (source / "config.pbtxt").read_text().startswith('name: "old"')
-
-
-def test_text_goes_to_TEXT_or_the_only_bytes_input() -> None:
-    hf = [{"name": "TEXT", "datatype": "BYTES", "shape": [-1, 1]},
-          {"name": "PARAMETERS", "datatype": "BYTES", "shape": [-1, 1]}]
-    assert _text_input(hf)["name"] == "TEXT"
-    assert _text_input([{"name": "Q", "datatype": "BYTES", "shape": [-1]}])["name"] == "Q"
-    assert _text_input([{"name": "X", "datatype": "FP32", "shape": [-1]}]) is None

@@ -6,6 +6,7 @@ import socket
 
 import pytest
 
+from modelium.runtimes.process import port_accepts
 from modelium.runtimes.ray_serve.cluster import free_port_range
 from modelium.runtimes.vllm.ports import NoFreePortError, PortAllocator
 
@@ -60,3 +61,12 @@ def test_window_is_clipped_at_the_last_port() -> None:
         PortAllocator(0)
     with pytest.raises(ValueError):
         PortAllocator(8000, span=0)
+
+
+async def test_port_accepts_tells_listening_from_refused() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        assert await port_accepts(port)
+    assert not await port_accepts(port)  # closed: refused at once

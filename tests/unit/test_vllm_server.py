@@ -2,7 +2,7 @@
 
 The fake is a small stdlib HTTP server speaking the few vLLM endpoints Modelium uses
 (``/health``, ``/v1/completions``, ``/v1/chat/completions``, ``/sleep``, ``/wake_up``,
-``/is_sleeping``). It can exit early, hang, ignore SIGTERM, and start a child in its process
+``/is_sleeping``). It can exit early, hang, ignore SIGTERM, fail to wake, and start a child in its process
 group that outlives it (as vLLM's engine-core process outlives a SIGKILLed API server).
 For the manager it is installed as a fake ``vllm.entrypoints.openai.api_server`` module on
 PYTHONPATH, so the real command line is used. Real vLLM: tests/e2e/test_vllm_manager.py.
@@ -99,6 +99,8 @@ class Handler(BaseHTTPRequestHandler):
         if url.path == "/sleep" and os.environ.get("VLLM_SERVER_DEV_MODE") == "1":
             state["sleeping"] = parse_qs(url.query).get("level") == ["1"]
             self.answer(200, {})
+        elif url.path == "/wake_up" and os.environ.get("FAKE_VLLM_WAKE_FAIL"):
+            self.answer(500, {"error": "CUDA error: out of memory"})
         elif url.path == "/wake_up" and os.environ.get("VLLM_SERVER_DEV_MODE") == "1":
             state["sleeping"] = False
             self.answer(200, {})

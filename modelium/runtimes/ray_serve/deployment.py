@@ -70,3 +70,7 @@ class ModelReplica:
 
     def fingerprint(self) -> dict[str, Any]:
         return dict(self._fingerprint)
+
+    def process_id(self) -> int:
+        """This replica's pid, so the manager can measure the model's real memory."""
+        return os.getpid()

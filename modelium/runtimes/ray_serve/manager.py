@@ -9,8 +9,10 @@ Two modes:
 * ``address="host:port"``: join an existing cluster. :meth:`stop` deletes only the apps this
   manager loaded or adopted; the cluster and Serve keep running.
 
-Apps: name = model name, route prefix ``/<name>``, one deployment ``modelium-<name>``
-running :class:`.deployment.ModelReplica`. The ``modelium-`` deployment name is how
+Apps: name = the instance key (the model's name, or ``NAME.REVn`` for a re-dropped version
+loaded beside the old one), route prefix ``/<key>``, one deployment ``modelium-<key>``
+running :class:`.deployment.ModelReplica` (pure helpers in :mod:`.driver`, adoption checks
+in :mod:`.adoption`). The ``modelium-`` deployment name is how
 Modelium recognises its own apps on a shared cluster; the replica also carries a
 fingerprint (model folder + :func:`.signature.folder_signature`) so :meth:`adopt` can tell
 whether an app left by an earlier run still matches the repository.
@@ -25,9 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import signal
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -41,88 +40,34 @@ from modelium.runtimes.base import (
     RuntimeManager,
     RuntimeUnavailableError,
 )
-from modelium.runtimes.errors import BadRequestError
-from modelium.runtimes.ray_serve.cluster import (
-    LOOPBACK_ENV,
-    ClusterStartError,
-    PrivateRayCluster,
-    count_nvml_gpus,
-    port_is_free,
-)
+from modelium.runtimes.ray_serve.adoption import adoption_blocker, make_fingerprint
+from modelium.runtimes.ray_serve.cluster import ClusterStartError, PrivateRayCluster, count_nvml_gpus, port_is_free
 from modelium.runtimes.ray_serve.deployment import ModelReplica
+from modelium.runtimes.ray_serve.driver import (
+    LIVE_APP_STATUSES,
+    bad_request_in,
+    classify_replica_error,
+    deployment_name,
+    failure_message,
+    import_ray,
+    is_loopback,
+    our_apps,
+    reassert_python_signal_handlers,
+    replica_pids,
+    running_replicas,
+    short_error,
+    status_name,
+)
 from modelium.runtimes.ray_serve.signature import folder_signature
 
 log = logging.getLogger(__name__)
 
 NAMESPACE = "modelium"
-DEPLOYMENT_PREFIX = "modelium-"
-FINGERPRINT_VERSION = 1
-STATUS_POLL_SECONDS = 0.25
+STATUS_POLL_SECONDS = 0.1  # waiting for RUNNING: one serve.status RPC (in a thread) per poll
 STATUS_TIMEOUT_SECONDS = 30.0
-FINGERPRINT_TIMEOUT_SECONDS = 15.0
 CLUSTER_STOP_TIMEOUT_SECONDS = 15.0
 STOP_APPS_TIMEOUT_SECONDS = 15.0
-DRIVER_GCS_TIMEOUT_ENV = "RAY_gcs_rpc_server_reconnect_timeout_s"
-DRIVER_GCS_TIMEOUT_SECONDS = 365 * 24 * 3600
-_LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
-
-
-def deployment_name(model: str) -> str:
-    return DEPLOYMENT_PREFIX + model
-
-
-def _import_ray(loopback: bool) -> tuple[Any, Any]:
-    """Import ray and ray.serve with the loopback settings in force.
-
-    Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER when ``ray`` is imported; if something
-    imported ray earlier, the constant is patched too (services.py reads the attribute at
-    call time), else ``ray.init("127.0.0.1:P")`` would dial the eth0 address instead.
-    """
-    if loopback:
-        os.environ.update(LOOPBACK_ENV)
-    else:
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    # A Ray driver whose GCS stays unreachable for this long exits the whole process
-    # (default 60 s): a crashed cluster must make the runtime unhealthy, not kill the daemon.
-    os.environ.setdefault(DRIVER_GCS_TIMEOUT_ENV, str(DRIVER_GCS_TIMEOUT_SECONDS))
-    import ray
-    from ray import serve
-
-    if loopback:
-        from ray._private import ray_constants
-
-        ray_constants.ENABLE_RAY_CLUSTER = False
-    return ray, serve
-
-
-def _reassert_python_signal_handlers() -> None:
-    """Undo the C-level SIGTERM/SIGINT handlers ``ray.init`` installs (absl's failure
-    handler: prints a stack trace on every SIGTERM before chaining to Python's).
-
-    Re-setting the handler Python already has puts Python's own C trampoline back, so
-    ``loop.add_signal_handler`` callbacks (the daemon's clean shutdown) run quietly.
-    Only possible on the main thread; elsewhere this is a no-op.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        return
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        handler = signal.getsignal(signum)
-        if handler is not None:
-            signal.signal(signum, handler)
-
-
-def _is_loopback(address: str) -> bool:
-    host = address.rsplit(":", 1)[0].strip("[]")
-    return host in _LOOPBACK_HOSTS
-
-
-def _short_error(message: str) -> str:
-    """The last meaningful line of a Ray traceback ("ExcType: what went wrong")."""
-    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
-    for line in reversed(lines):
-        if not line.startswith(("File ", "^", "~")) and ":" in line:
-            return line
-    return lines[-1] if lines else message
+PIDS_TIMEOUT_SECONDS = 10.0
 
 
 class RayServeManager(RuntimeManager):
@@ -172,13 +117,13 @@ class RayServeManager(RuntimeManager):
                 # The private cluster died under us: clean up and start a fresh one.
                 log.warning("ray_serve: the private Ray cluster died; restarting it")
                 await self._teardown()
-            loopback = self.private or _is_loopback(self.address)
-            self._ray, self._serve = await asyncio.to_thread(_import_ray, loopback)
+            loopback = self.private or is_loopback(self.address)
+            self._ray, self._serve = await asyncio.to_thread(import_ray, loopback)
             try:
                 if self.private:
                     await self._start_private_cluster()
                 await asyncio.to_thread(self._connect)
-                _reassert_python_signal_handlers()
+                reassert_python_signal_handlers()
                 await asyncio.to_thread(
                     self._serve.start, http_options={"host": "127.0.0.1", "port": self.http_port}
                 )
@@ -282,7 +227,7 @@ class RayServeManager(RuntimeManager):
         if not self.private:
             return sorted(self._ours)
         status = await self._status()
-        return sorted(self._ours | set(self._our_apps(status)))
+        return sorted(self._ours | set(our_apps(status)))
 
     async def _delete_apps(self, names: list[str]) -> None:
         if names:
@@ -307,22 +252,17 @@ class RayServeManager(RuntimeManager):
         return f"the private Ray cluster exited (code {code}); see {self.cluster.log_path}"
 
     async def _status(self, timeout: float = STATUS_TIMEOUT_SECONDS) -> Any:
-        """serve.status() off the loop, bounded: a dead cluster must not hang callers."""
+        """serve.status() off the loop, bounded: a dead cluster must not hang callers.
+        Any failure is RuntimeUnavailableError ("cannot tell right now")."""
         if not self._cluster_alive():
             raise RuntimeUnavailableError(self._cluster_exit_detail())
         try:
             return await asyncio.wait_for(asyncio.to_thread(self._serve.status), timeout)
         except TimeoutError as exc:
             raise RuntimeUnavailableError(f"Ray Serve did not answer within {timeout:.0f}s at {self.gcs_address}") from exc
-
-    @staticmethod
-    def _our_apps(status: Any) -> dict[str, Any]:
-        """name -> ApplicationStatusOverview for the apps Modelium made."""
-        return {
-            name: app
-            for name, app in status.applications.items()
-            if deployment_name(name) in app.deployments
-        }
+        except Exception as exc:  # noqa: BLE001 - Ray raises a zoo of types (RaySystemError, gRPC...)
+            raise RuntimeUnavailableError(f"Ray Serve status failed at {self.gcs_address}: "
+                                          f"{type(exc).__name__}: {short_error(str(exc))}") from exc
 
     async def load(self, request: LoadRequest) -> None:
         self._require_started()
@@ -335,13 +275,7 @@ class RayServeManager(RuntimeManager):
             signature = await asyncio.to_thread(folder_signature, model_dir)
         except FileNotFoundError as exc:
             raise RuntimeLoadError(f"model folder {model_dir} does not exist") from exc
-        fingerprint = {
-            "version": FINGERPRINT_VERSION,
-            "model_dir": str(model_dir),
-            "signature": signature,
-            "task": task,
-            "device": request.device.id,
-        }
+        fingerprint = make_fingerprint(model_dir, signature, task, request.device.id)
         actor_options: dict[str, Any] = {"num_cpus": 0, "num_gpus": 0}
         if request.device.kind == "gpu":
             # Ray cannot pick a GPU id; pinning CUDA_VISIBLE_DEVICES can (and overrides
@@ -381,7 +315,7 @@ class RayServeManager(RuntimeManager):
             if isinstance(exc, RuntimeLoadError):
                 raise
             if isinstance(exc, Exception):
-                raise RuntimeLoadError(f"Ray Serve could not deploy {name!r}: {_short_error(str(exc))}") from exc
+                raise RuntimeLoadError(f"Ray Serve could not deploy {name!r}: {short_error(str(exc))}") from exc
             raise
         log.info("ray_serve: %s RUNNING after %.1fs (task %s, %s)", name, time.monotonic() - started, task, device)
 
@@ -392,20 +326,14 @@ class RayServeManager(RuntimeManager):
             status = await self._status()
             app = status.applications.get(name)
             if app is not None:
-                last = str(app.status.value if hasattr(app.status, "value") else app.status)
+                last = status_name(app.status)
                 if last == "RUNNING":
                     return
                 if last == "DEPLOY_FAILED":
-                    raise RuntimeLoadError(self._failure_message(name, app))
+                    raise RuntimeLoadError(failure_message(name, app))
             if time.monotonic() >= deadline:
                 raise RuntimeLoadError(f"model {name!r} did not become ready in Ray Serve within {timeout:.0f}s (last status {last})")
             await asyncio.sleep(STATUS_POLL_SECONDS)
-
-    @staticmethod
-    def _failure_message(name: str, app: Any) -> str:
-        deployment = app.deployments.get(deployment_name(name))
-        detail = (deployment.message if deployment is not None else "") or app.message or "no detail"
-        return f"Ray Serve replica for {name!r} failed to start: {_short_error(detail)}"
 
     async def _delete_quietly(self, name: str) -> None:
         try:
@@ -420,7 +348,7 @@ class RayServeManager(RuntimeManager):
             return  # nothing runs: nothing to unload
         self._ours.discard(name)
         status = await self._status()
-        if name not in self._our_apps(status):
+        if name not in our_apps(status):
             return  # unknown (or not ours): nothing to do
         started = time.monotonic()
         await asyncio.to_thread(self._serve.delete, name)
@@ -447,41 +375,56 @@ class RayServeManager(RuntimeManager):
             raise await self._classify(name, exc) from exc
 
     async def _classify(self, name: str, exc: Exception) -> Exception:
-        """Turn a Ray/Serve exception into the runtime-agnostic error the gateway maps."""
-        cause = getattr(exc, "cause", None)
-        if isinstance(cause, BadRequestError):
-            return BadRequestError(cause.message)
-        if isinstance(exc, BadRequestError):
-            return BadRequestError(getattr(exc, "message", None) or _short_error(str(exc)))
+        """Turn a Ray/Serve exception into the runtime-agnostic error the gateway maps:
+        a client mistake stays a BadRequestError; otherwise Serve is asked whether the
+        app still exists (see :func:`.driver.classify_replica_error`)."""
+        bad = bad_request_in(exc)
+        if bad is not None:
+            return bad
         ray = self._ray
         if ray is None or not ray.is_initialized():
-            return RuntimeUnavailableError(f"Ray is not connected: {_short_error(str(exc))}")
+            return RuntimeUnavailableError(f"Ray is not connected: {short_error(str(exc))}")
         try:
             status = await self._status(10)
-        except Exception as status_exc:  # noqa: BLE001 - the cluster itself is unreachable
+        except RuntimeUnavailableError as status_exc:  # the cluster itself is unreachable
             return RuntimeUnavailableError(f"Ray Serve is unreachable: {status_exc}")
-        app = self._our_apps(status).get(name)
-        if app is None:
+        if name not in our_apps(status):
             self._handles.pop(name, None)
             return ModelNotLoadedError(f"model {name!r} is not loaded in Ray Serve")
-        from ray.exceptions import RayActorError
-        from ray.serve.exceptions import DeploymentUnavailableError, ReplicaUnavailableError
-
-        if isinstance(exc, (RayActorError, DeploymentUnavailableError, ReplicaUnavailableError)):
-            return ModelNotLoadedError(f"model {name!r} lost its Ray Serve replica: {_short_error(str(exc))}")
-        # Anything else (a bug in the model code, an OOM...) is a server error: keep the
-        # last line of the replica's traceback, not the whole thing.
-        return RuntimeError(f"model {name!r} failed in Ray Serve: {_short_error(str(exc))}")
+        return classify_replica_error(name, exc)
 
     async def loaded_models(self) -> set[str]:
+        """Our apps that hold their replicas: RUNNING, and the transient DEPLOYING /
+        UNHEALTHY / NOT_STARTED (Serve is starting or repairing replicas); absent,
+        DEPLOY_FAILED and DELETING apps are gone. ``set()`` when nothing runs (not started,
+        or the private cluster exited: its replicas died with it); a failing
+        ``serve.status`` while the cluster lives raises RuntimeUnavailableError."""
         if not self._started or not self._cluster_alive():
             return set()
-        status = await self._status()
-        return {name for name, app in self._our_apps(status).items() if app.status == "RUNNING"}
+        try:
+            status = await self._status()
+        except RuntimeUnavailableError:
+            if not self._cluster_alive():  # died during the call
+                return set()
+            raise
+        return {name for name, app in our_apps(status).items() if status_name(app.status) in LIVE_APP_STATUSES}
+
+    async def process_ids(self, name: str) -> list[int]:
+        """PIDs of the app's replica actors (:func:`.driver.replica_pids`: each replica
+        asked for its own until every RUNNING one answered). ``[]`` for a cluster that is
+        not on this machine (its pids are another host's) or an app that is not ours or
+        not running."""
+        if not (self.private or is_loopback(self.address)) or not self._started or not self._cluster_alive():
+            return []
+        app = our_apps(await self._status()).get(name)
+        expected = running_replicas(app, name) if app is not None else 0
+        if expected == 0:
+            return []
+        return await replica_pids(await self._handle(name), name, expected, PIDS_TIMEOUT_SECONDS)
 
     async def _describe(self) -> str:
         status = await self._status()
-        ours = self._our_apps(status)
+        ours = our_apps(status)
         running = sum(1 for app in ours.values() if app.status == "RUNNING")
         where = f"private Ray cluster at {self.gcs_address}" if self.private else f"Ray cluster at {self.gcs_address}"
         return f"{where}, {len(ours)} apps ({running} running), Serve HTTP on 127.0.0.1:{self.http_port}"
@@ -501,9 +444,9 @@ class RayServeManager(RuntimeManager):
         status = await self._status()
         adopted: list[str] = []
         removed: list[str] = []
-        for name, app in sorted(self._our_apps(status).items()):
+        for name, app in sorted(our_apps(status).items()):
             path = known_models.get(name)
-            why = await self._adoption_blocker(name, app, path)
+            why = await adoption_blocker(status_name(app.status), path, lambda n=name: self._fingerprint(n))
             if why is None:
                 adopted.append(name)
                 self._ours.add(name)
@@ -515,29 +458,8 @@ class RayServeManager(RuntimeManager):
                 log.info("ray_serve: removed stale app %s: %s", name, why)
         return AdoptionReport(adopted=tuple(adopted), removed=tuple(removed))
 
-    async def _adoption_blocker(self, name: str, app: Any, path: Path | None) -> str | None:
-        """Why the app cannot be kept, or None when it matches the repository folder."""
-        if path is None:
-            return "not in the repository"
-        if app.status != "RUNNING":
-            return f"app status is {app.status}"
-        try:
-            handle = await self._handle(name)
-            fingerprint = await asyncio.wait_for(handle.fingerprint.remote(), FINGERPRINT_TIMEOUT_SECONDS)
-        except Exception as exc:  # noqa: BLE001 - an app we cannot ask is an app we cannot vouch for
-            return f"could not read its fingerprint: {type(exc).__name__}"
-        resolved = Path(path).resolve()
-        if not isinstance(fingerprint, dict) or fingerprint.get("version") != FINGERPRINT_VERSION:
-            return "unknown fingerprint format"
-        if fingerprint.get("model_dir") != str(resolved):
-            return f"serves {fingerprint.get('model_dir')}, the repository has {resolved}"
-        try:
-            current = await asyncio.to_thread(folder_signature, resolved)
-        except FileNotFoundError:
-            return f"{resolved} is gone"
-        if fingerprint.get("signature") != current:
-            return "the folder changed since the app was deployed"
-        return None
+    async def _fingerprint(self, name: str) -> Any:
+        return await (await self._handle(name)).fingerprint.remote()
 
 
 __all__ = ["RayServeManager", "deployment_name", "folder_signature"]

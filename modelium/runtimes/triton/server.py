@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 LOG_TAIL_LINES = 40
 EXIT_TIMEOUT = 5  # seconds tritonserver waits for in-flight requests/connections on SIGTERM
 STOP_TIMEOUT = 15.0
-POLL_INTERVAL = 0.1
+POLL_INTERVAL = 0.05  # readiness poll: ready takes ~0.1 s, a refused connection costs microseconds
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 
 PYTHON_BACKEND_FILES = ("libtriton_python.so", "triton_python_backend_utils.py")
@@ -105,6 +105,10 @@ def build_command(
         "--allow-gpu-metrics=false",
         "--disable-auto-complete-config",
         "--exit-on-error=false",  # one bad model must not stop the server
+        # /v2/health/ready = the server answers, whatever its models do: with the default
+        # (strict) it is "not ready" whenever a model is loading or unloading, i.e. at
+        # every swap, and the daemon's /health would flap.
+        "--strict-readiness=false",
         f"--exit-timeout-secs={EXIT_TIMEOUT}",  # SIGTERM: wait at most this for in-flight work
         "--log-verbose=0",
         *extra_args,
@@ -198,6 +202,24 @@ class TritonServer:
             return [self.pid, *(p.pid for p in root.children(recursive=True))]
         except psutil.Error:
             return []
+
+    def stub_pids(self, entry: Path) -> list[int]:
+        """The python-backend stubs serving the model whose repository entry is ``entry``
+        (one per model instance). A stub's argv is ``STUB MODEL_PY SHM_REGION ...
+        PARENT_PID BACKEND_DIR ... INSTANCE_NAME ...`` with ``MODEL_PY`` =
+        ``entry/VERSION/model.py`` (tritonserver 2.51), so the path names the model
+        unambiguously where the instance name (``NAME_GROUP_INDEX``) would not."""
+        if not self.alive or self.pid is None:
+            return []
+        pids = []
+        for child in self._descendants():
+            try:
+                argv = child.cmdline()
+            except psutil.Error:
+                continue
+            if len(argv) > 1 and Path(argv[0]).name == STUB_NAME and Path(argv[1]).parent.parent == Path(entry):
+                pids.append(child.pid)
+        return sorted(pids)
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
         try:

@@ -1,18 +1,27 @@
-"""VllmManager: one supervised vLLM OpenAI server process per model.
+"""VllmManager: one supervised vLLM OpenAI server process per model instance.
 
 vLLM cannot load or unload models at run time, so this manager maps the runtime interface
 onto processes: ``load`` starts a server on a port of its own and returns when ``/health``
 answers, ``unload`` stops it, ``loaded_models`` is the set of servers that became ready
 and are still alive. The gateway talks OpenAI to :meth:`openai_base_url` directly
-(streaming included); :meth:`infer` is only the ``POST /predict`` adapter, mapped onto
-``/v1/completions`` (or ``/v1/chat/completions`` with ``chat: true``) and answering in
-the same shape as the transformers predictor, so a client cannot tell which runtime
-serves an LLM.
+(streaming included); :meth:`infer` is only the ``POST /predict`` adapter (:mod:`.predict`).
+
+Names: servers, ports and log files are keyed by the *instance key* (``LoadRequest.name``:
+``NAME`` or ``NAME.REVn`` for a re-dropped version running beside the old one); vLLM's
+``--served-model-name`` is the public name (``request.public_name``), the one clients
+send in OpenAI requests, so a new version answers under the same name.
 
 What the orchestrator passes in ``LoadRequest.options`` (all optional, so tests can call
 ``load`` directly): ``vllm`` (a VllmModelSettings, already merged with the model's
 override), ``gpu_memory_utilization`` (the share from ``memory.vllm_memory``),
 ``kv_cache_bytes`` and ``gpu_indices``. Absent ones are derived the same way here.
+
+Parking (:attr:`Capability.PARK`): a server started with sleep mode (``park`` setting,
+on a GPU) can sleep (level 1: weights to host RAM, ~1.6 GB kept on the GPU) and wake in
+a fraction of a second. ``load`` of a model whose server is still alive reuses it only
+when it is the same model on the same device: a sleeping one is woken (and when waking
+fails it is stopped and a fresh one started), never reported "already running" asleep
+(review finding 7).
 
 Crashes: a server that dies after it was ready is noticed by :meth:`loaded_models` (or a
 failed :meth:`infer`); its process group is swept, its port freed, and
@@ -30,17 +39,15 @@ import asyncio
 import logging
 import os
 import shutil
-import signal
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
-import psutil
 
 from modelium.config.settings import VllmModelSettings
 from modelium.runtimes.base import (
     AdoptionReport,
+    Capability,
     LoadRequest,
     ModelNotLoadedError,
     RuntimeHealth,
@@ -49,16 +56,16 @@ from modelium.runtimes.base import (
     RuntimeUnavailableError,
 )
 from modelium.runtimes.errors import BadRequestError
-from modelium.runtimes.vllm.command import API_SERVER_MODULE, build_command, build_env
+from modelium.runtimes.vllm import predict
+from modelium.runtimes.vllm.command import build_command, build_env
 from modelium.runtimes.vllm.install import VllmInstall
-from modelium.runtimes.vllm.memory import effective_max_model_len, vllm_memory
+from modelium.runtimes.vllm.memory import PARK_RESIDUE_BYTES, launch_plan
 from modelium.runtimes.vllm.ports import NoFreePortError, PortAllocator
 from modelium.runtimes.vllm.server import LOG_TAIL_LINES, VllmServer
+from modelium.runtimes.vllm.strays import INSTANCE_ENV, kill_strays
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_NEW_TOKENS = 64
-MAX_NEW_TOKENS_CAP = 32768
 PORT_RETRIES = 2  # another program took the port between our bind test and vLLM's bind
 _PORT_TAKEN_MARKERS = ("Address already in use", "address already in use", "Errno 98")
 
@@ -71,6 +78,7 @@ class VllmManager(RuntimeManager):
     """Loads a model by starting a vLLM server for it; see the module doc."""
 
     name = "vllm"
+    capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.PARK})
 
     def __init__(
         self,
@@ -125,7 +133,7 @@ class VllmManager(RuntimeManager):
     async def adopt(self, known_models: dict[str, Path]) -> AdoptionReport:
         """Nothing is adopted: servers die with the daemon (parent-death signal). As a
         safety net, servers of this state dir still running from an earlier daemon (and
-        their engine-core processes) are killed; their names are reported as removed."""
+        their engine-core processes) are killed; their instance keys are reported as removed."""
         removed = await asyncio.to_thread(self._kill_strays)
         return AdoptionReport(adopted=(), removed=tuple(sorted(removed)))
 
@@ -136,10 +144,9 @@ class VllmManager(RuntimeManager):
         async with self._lock(name):
             current = self._servers.get(name)
             if current is not None:
-                if current.ready and current.alive:
-                    log.info("vLLM server for %s already running (port %d)", name, current.port)
+                if await self._reuse(current, request):
                     return
-                await self._forget(name, current)  # dead: sweep it before starting anew
+                await self._retire(name, current)
             self._exit_reasons.pop(name, None)
             await self.start()
             last_error: RuntimeLoadError | None = None
@@ -155,49 +162,69 @@ class VllmManager(RuntimeManager):
             assert last_error is not None
             raise last_error
 
+    async def _reuse(self, server: VllmServer, request: LoadRequest) -> bool:
+        """Whether the live ``server`` can serve ``request`` as it is (woken if asleep).
+        A server of another folder, public name or device is never reused: after a
+        refused wake the model may have been placed elsewhere (review finding 7)."""
+        if not (server.ready and server.alive):
+            return False
+        wanted = (Path(request.model_dir), request.public_name, request.device.id)
+        if (server.model_dir, server.served_name, server.device_id) != wanted:
+            log.info("vLLM server for %s runs %s as %r on %s; restarting it for %s as %r on %s",
+                     request.name, server.model_dir, server.served_name, server.device_id, *wanted)
+            return False
+        if server.sleep_mode and (server.parked or await _asleep(server)):
+            try:
+                seconds = await server.wake()
+            except Exception as exc:  # noqa: BLE001 - a server that cannot wake is replaced
+                log.warning("waking the parked vLLM server for %s failed (%s); starting a fresh one",
+                            request.name, exc)
+                return False
+            log.info("woke the parked vLLM server for %s in %.2fs", request.name, seconds)
+            return True
+        log.info("vLLM server for %s already running (port %d)", request.name, server.port)
+        return True
+
+    async def _retire(self, name: str, server: VllmServer) -> None:
+        """Make way for a fresh server: a dead one is swept (its exit reason kept), a
+        live one (asleep, or serving something else) is stopped."""
+        if server.ready and not server.alive:
+            await self._forget(name, server)
+            return
+        if self._servers.get(name) is server:
+            del self._servers[name]
+        await self._stop_server(server)
+
     async def _start_server(self, request: LoadRequest) -> None:
         name = request.name
-        options = request.options or {}
-        settings = _settings(options.get("vllm"), self.default_settings)
-        if settings.max_model_len is not None:  # vLLM refuses more than the model's own
-            settings = settings.model_copy(update={"max_model_len": effective_max_model_len(settings, request.profile)})
         device_kind = request.device.kind
         if device_kind == "gpu" and self.install.device != "cuda":
             raise RuntimeLoadError(f"the vLLM at {self.python} is a CPU build; it cannot serve on {request.device.id}")
         if device_kind == "cpu" and self.install.device == "cuda":
             raise RuntimeLoadError(f"the vLLM at {self.python} is a CUDA build; it cannot serve on the CPU")
-        gpu_indices = list(options.get("gpu_indices") or
-                           ([request.device.index] if device_kind == "gpu" and request.device.index is not None else []))
-        share = options.get("gpu_memory_utilization")
-        kv_bytes = options.get("kv_cache_bytes")
-        if (device_kind == "gpu" and share is None) or kv_bytes is None:
-            _, derived_share, derived_kv = vllm_memory(
-                request.profile, settings, device_kind=device_kind,
-                gpu_total_bytes=request.device.total_bytes if device_kind == "gpu" else None,
-            )
-            share = share if share is not None else derived_share
-            kv_bytes = kv_bytes if kv_bytes is not None else derived_kv
-        tensor_parallel = int(options.get("tensor_parallel_size") or max(1, len(gpu_indices)))
-
+        plan = launch_plan(request.profile, request.device, request.options or {}, self.default_settings)
         try:
             port = self.ports.allocate()
         except NoFreePortError as exc:
             raise RuntimeLoadError(str(exc)) from exc
         try:
             command = build_command(
-                self.python, request.model_dir, name, port, settings,
-                device_kind=device_kind, gpu_memory_utilization=share, kv_cache_bytes=kv_bytes,
-                tensor_parallel_size=tensor_parallel, extra_args=self.extra_args,
+                self.python, request.model_dir, request.public_name, port, plan.settings,
+                device_kind=device_kind, gpu_memory_utilization=plan.share, kv_cache_bytes=plan.kv_bytes,
+                tensor_parallel_size=plan.tensor_parallel, extra_args=self.extra_args,
                 model_dtype=request.profile.dtype,
             )
         except ValueError as exc:
             self.ports.release(port)
             raise RuntimeLoadError(f"cannot build the vLLM command for {name}: {exc}") from exc
-        env = build_env(os.environ, gpu_indices=gpu_indices, cache_dir=self.cache_dir,
-                        enable_sleep_mode=settings.park and device_kind == "gpu")
+        env = build_env(os.environ, gpu_indices=plan.gpu_indices, cache_dir=self.cache_dir,
+                        enable_sleep_mode=plan.sleep_mode)
+        env[INSTANCE_ENV] = name
         log_path = self._log_path(name)
         _rotate(log_path)
-        server = VllmServer(name, command, env, log_path, port, client=self._client, cwd=self.work_dir)
+        server = VllmServer(name, command, env, log_path, port, client=self._client, cwd=self.work_dir,
+                            served_name=request.public_name, model_dir=Path(request.model_dir),
+                            device_id=request.device.id, device_kind=device_kind, sleep_mode=plan.sleep_mode)
         try:
             server.start()  # on this (the event-loop) thread: see the module doc
         except OSError as exc:
@@ -244,6 +271,8 @@ class VllmManager(RuntimeManager):
     # ------------------------------------------------------------------ state
 
     async def loaded_models(self) -> set[str]:
+        """Servers that became ready and are alive (a parked one included: it is loaded);
+        the process table is always known, so this never raises."""
         live: set[str] = set()
         for name, server in list(self._servers.items()):
             if not server.ready:
@@ -253,6 +282,11 @@ class VllmManager(RuntimeManager):
             else:
                 await self._forget(name, server)
         return live
+
+    async def process_ids(self, name: str) -> list[int]:
+        """The API server's pid (its engine core is a child: footprints count descendants)."""
+        server = self._servers.get(name)
+        return [server.pid] if server is not None and server.pid is not None and server.alive else []
 
     def openai_base_url(self, name: str) -> str | None:
         server = self._servers.get(name)
@@ -284,10 +318,17 @@ class VllmManager(RuntimeManager):
 
     # ------------------------------------------------------------------ park / wake
 
+    def park_residue_bytes(self, name: str) -> int | None:
+        """~1.6 GB for a live server started with sleep mode on a GPU, else None."""
+        server = self._servers.get(name)
+        if server is None or not (server.ready and server.alive) or not server.sleep_mode:
+            return None
+        return PARK_RESIDUE_BYTES if server.device_kind == "gpu" else None
+
     async def park(self, name: str) -> float:
         """Sleep mode level 1 (GPU, ``park`` setting on): returns the seconds it took."""
         server = self._ready_server(name)
-        if "--enable-sleep-mode" not in server.command:
+        if not server.sleep_mode:
             raise RuntimeError(f"{name} was not started with park enabled (GPU only)")
         return await server.park()
 
@@ -304,33 +345,9 @@ class VllmManager(RuntimeManager):
         """``/predict`` for an LLM: -> {"generated_text", "num_generated_tokens",
         "finish_reason"} (a list of them for a list of inputs)."""
         server = self._ready_server(name)
-        params = _validate_parameters(parameters)
-        chat = params.pop("chat", False)
-        if chat:
-            conversations, single = _validate_conversations(inputs)
-            if params.get("return_full_text"):
-                raise BadRequestError("parameter 'return_full_text' cannot be used with chat")
-            results = await asyncio.gather(*(
-                self._post_completion(name, server, "/v1/chat/completions",
-                                      {"model": name, "messages": messages, **_sampling(params)})
-                for messages in conversations
-            ))
-            outputs = [_result(body["choices"][0], body, chat=True) for body in results]
-        else:
-            texts, single = _validate_inputs(inputs)
-            body = await self._post_completion(
-                name, server, "/v1/completions",
-                {"model": name, "prompt": texts[0] if single else texts, "return_token_ids": True,
-                 **_sampling(params)},
-            )
-            choices = sorted(body.get("choices", []), key=lambda c: c.get("index", 0))
-            if len(choices) != len(texts):
-                raise RuntimeUnavailableError(f"vLLM answered {len(choices)} choices for {len(texts)} prompts")
-            outputs = [_result(choice, body if single else None) for choice in choices]
-            if params.get("return_full_text"):
-                for text, output in zip(texts, outputs, strict=True):
-                    output["generated_text"] = text + output["generated_text"]
-        return outputs[0] if single else outputs
+        calls = predict.plan_calls(server.served_name, inputs, parameters)  # validates first
+        answers = await asyncio.gather(*(self._post_completion(name, server, path, body) for path, body in calls.requests))
+        return calls.outputs(answers)
 
     async def _post_completion(self, name: str, server: VllmServer, path: str, body: dict[str, Any]) -> dict[str, Any]:
         if self._client is None:
@@ -347,12 +364,12 @@ class VllmManager(RuntimeManager):
         except httpx.TimeoutException as exc:
             raise RuntimeUnavailableError(f"vLLM server for {name} timed out: {type(exc).__name__}") from exc
         if response.status_code == 400 or response.status_code == 422:
-            raise BadRequestError(f"vLLM rejected the request: {_error_message(response)}")
+            raise BadRequestError(f"vLLM rejected the request: {predict.error_message(response)}")
         if response.status_code == 404:
-            raise ModelNotLoadedError(f"vLLM server for {name}: {_error_message(response)}")
+            raise ModelNotLoadedError(f"vLLM server for {name}: {predict.error_message(response)}")
         if response.status_code != 200:
             raise RuntimeUnavailableError(
-                f"vLLM server for {name} answered {response.status_code}: {_error_message(response)}"
+                f"vLLM server for {name} answered {response.status_code}: {predict.error_message(response)}"
             )
         return response.json()
 
@@ -374,53 +391,16 @@ class VllmManager(RuntimeManager):
         return self.log_dir / f"{name.replace('/', '_')}.log"
 
     def _kill_strays(self) -> list[str]:
-        """Processes whose VLLM_CACHE_ROOT is ours but that no server of ours owns."""
-        ours_root = str(self.cache_dir / "vllm")
-        own_groups = {s.pid for s in self._servers.values() if s.pid is not None}
-        strays: list[psutil.Process] = []
-        names: list[str] = []
-        for proc in psutil.process_iter(["pid", "cmdline"]):
-            try:
-                if proc.pid == os.getpid() or os.getpgid(proc.pid) in own_groups:
-                    continue
-                if proc.environ().get("VLLM_CACHE_ROOT") != ours_root:
-                    continue
-            except (psutil.Error, OSError):
-                continue
-            strays.append(proc)
-            cmdline = proc.info.get("cmdline") or []
-            if API_SERVER_MODULE in cmdline and "--served-model-name" in cmdline:
-                index = cmdline.index("--served-model-name") + 1
-                if index < len(cmdline):
-                    names.append(cmdline[index])
-        for proc in strays:
-            try:
-                proc.send_signal(signal.SIGTERM)
-            except psutil.Error:
-                pass
-        _, alive = psutil.wait_procs(strays, timeout=10)
-        for proc in alive:
-            try:
-                proc.kill()
-            except psutil.Error:
-                pass
-        if strays:
-            log.warning("killed %d vLLM process(es) left by an earlier run: %s",
-                        len(strays), ", ".join(str(p.pid) for p in strays))
-        return names
+        return kill_strays(self.cache_dir / "vllm", (s.pid for s in self._servers.values() if s.pid is not None))
 
 
-# ---------------------------------------------------------------------- request mapping
-
-
-def _settings(value: Any, default: VllmModelSettings) -> VllmModelSettings:
-    if value is None:
-        return default
-    if isinstance(value, VllmModelSettings):
-        return value
-    if isinstance(value, Mapping):
-        return default.model_copy(update=dict(value))
-    raise TypeError(f"options['vllm'] must be VllmModelSettings or a mapping, got {type(value).__name__}")
+async def _asleep(server: VllmServer) -> bool:
+    """vLLM's own word (``GET /is_sleeping``); a server that cannot answer counts as
+    asleep, so it gets a wake attempt (and is replaced when that fails too)."""
+    try:
+        return await server.is_sleeping()
+    except Exception:  # noqa: BLE001 - HTTP errors, non-JSON, 404 without dev mode
+        return True
 
 
 def _rotate(log_path: Path) -> None:
@@ -430,123 +410,3 @@ def _rotate(log_path: Path) -> None:
             shutil.move(log_path, log_path.with_suffix(".prev.log"))
         except OSError:
             pass
-
-
-def _check_int(name: str, value: Any, lo: int, hi: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise BadRequestError(f"parameter {name!r} must be an integer, got {type(value).__name__}")
-    if not lo <= value <= hi:
-        raise BadRequestError(f"parameter {name!r} must be between {lo} and {hi}, got {value}")
-    return value
-
-
-def _check_float(name: str, value: Any, lo: float, hi: float, *, lo_inclusive: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise BadRequestError(f"parameter {name!r} must be a number, got {type(value).__name__}")
-    value = float(value)
-    if value != value or (value < lo if lo_inclusive else value <= lo) or value > hi:
-        raise BadRequestError(f"parameter {name!r} must be in {'[' if lo_inclusive else '('}{lo}, {hi}], got {value}")
-    return value
-
-
-def _check_bool(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise BadRequestError(f"parameter {name!r} must be a boolean, got {type(value).__name__}")
-    return value
-
-
-_PARAMETERS = {
-    "max_new_tokens": lambda n, v: _check_int(n, v, 1, MAX_NEW_TOKENS_CAP),
-    "temperature": lambda n, v: _check_float(n, v, 0.0, 100.0, lo_inclusive=True),
-    "top_p": lambda n, v: _check_float(n, v, 0.0, 1.0, lo_inclusive=False),
-    "do_sample": _check_bool,
-    "return_full_text": _check_bool,
-    "chat": _check_bool,
-}
-
-
-def _validate_parameters(parameters: Any) -> dict[str, Any]:
-    """Same names as the transformers predictor's text-generation parameters."""
-    if parameters is None:
-        return {}
-    if not isinstance(parameters, Mapping):
-        raise BadRequestError(f"parameters must be an object, got {type(parameters).__name__}")
-    unknown = sorted(set(parameters) - set(_PARAMETERS))
-    if unknown:
-        raise BadRequestError(f"unknown parameter(s) for text-generation: {unknown}; accepted: {sorted(_PARAMETERS)}")
-    return {key: _PARAMETERS[key](key, value) for key, value in parameters.items()}
-
-
-def _sampling(params: Mapping[str, Any]) -> dict[str, Any]:
-    """Greedy unless sampling is asked for, like the transformers predictor: passing
-    temperature/top_p implies sampling, ``do_sample: false`` forces greedy."""
-    body: dict[str, Any] = {"max_tokens": params.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)}
-    wants_sampling = "temperature" in params or "top_p" in params
-    if params.get("do_sample", wants_sampling):
-        body["temperature"] = params.get("temperature", 1.0)
-        if "top_p" in params:
-            body["top_p"] = params["top_p"]
-    else:
-        body["temperature"] = 0.0
-    return body
-
-
-def _validate_inputs(inputs: Any) -> tuple[list[str], bool]:
-    if isinstance(inputs, str):
-        return [inputs], True
-    if isinstance(inputs, list) and inputs and all(isinstance(x, str) for x in inputs):
-        return list(inputs), False
-    raise BadRequestError("inputs must be a string or a non-empty list of strings")
-
-
-def _validate_conversations(inputs: Any) -> tuple[list[list[dict[str, str]]], bool]:
-    """chat inputs: one conversation (a list of {role, content}) or a list of them."""
-    def is_message(m: Any) -> bool:
-        return isinstance(m, Mapping) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-
-    if isinstance(inputs, list) and inputs and all(is_message(m) for m in inputs):
-        return [[dict(m) for m in inputs]], True
-    if (isinstance(inputs, list) and inputs and all(isinstance(c, list) and c for c in inputs)
-            and all(is_message(m) for c in inputs for m in c)):
-        return [[dict(m) for m in c] for c in inputs], False
-    raise BadRequestError("with chat, inputs must be a list of {role, content} messages or a list of such lists")
-
-
-def _result(choice: Mapping[str, Any], body: Mapping[str, Any] | None, *, chat: bool = False) -> dict[str, Any]:
-    """One vLLM choice in the transformers predictor's shape. Token counts come from
-    ``token_ids`` (asked for with ``return_token_ids``) or, for one prompt, the usage."""
-    if chat:
-        text = (choice.get("message") or {}).get("content") or ""
-    else:
-        text = choice.get("text") or ""
-    token_ids = choice.get("token_ids")
-    if isinstance(token_ids, list):
-        count = len(token_ids)
-    elif body is not None:
-        count = int((body.get("usage") or {}).get("completion_tokens") or 0)
-    else:
-        count = 0
-    return {
-        "generated_text": text,
-        "num_generated_tokens": count,
-        "finish_reason": "length" if choice.get("finish_reason") == "length" else "stop",
-    }
-
-
-def _error_message(response: httpx.Response) -> str:
-    """vLLM's message from ``{"error": {"message"}}`` or the older ``{"message"}``."""
-    try:
-        data = response.json()
-    except ValueError:
-        return response.text[:500]
-    if isinstance(data, Mapping):
-        error = data.get("error")
-        if isinstance(error, Mapping) and error.get("message"):
-            return str(error["message"])
-        if isinstance(error, str):
-            return error
-        if data.get("message"):
-            return str(data["message"])
-        if data.get("detail"):
-            return str(data["detail"])
-    return response.text[:500]

@@ -1,7 +1,8 @@
 """What one vLLM server reserves, and the ``--gpu-memory-utilization`` share that follows.
 
 Pure: the orchestrator calls :func:`vllm_memory` for the brain's placement and passes the
-share and KV budget on to the manager. Figures are from ``../shared/design/runtimes.md``.
+share and KV budget on to the manager, whose :func:`launch_plan` derives whatever was not
+passed the same way. Figures are from ``../shared/design/runtimes.md``.
 
 GPU (vLLM 0.26 on an H100)::
 
@@ -57,10 +58,14 @@ e.g. a float16 model served as float32 on CPU takes twice its file size; on a GP
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from modelium.analysis.dtypes import dtype_bytes, normalize_dtype
 from modelium.analysis.profile import MemoryEstimate, ModelProfile
 from modelium.config.settings import VllmModelSettings
+from modelium.hardware.devices import Device
 from modelium.runtimes.vllm.command import max_num_batched_tokens, served_dtype
 
 GIB = 1024**3
@@ -195,3 +200,46 @@ def _weights(profile: ModelProfile, model_dtype: str, itemsize: int, notes: list
 #: for a 1.8 B model (runtimes.md): CUDA context plus allocator state. Its weights move to
 #: host RAM.
 PARK_RESIDUE_BYTES = int(1.6e9)
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """What one server is started with, derived from a load request."""
+
+    settings: VllmModelSettings
+    gpu_indices: list[int]
+    share: float | None  # --gpu-memory-utilization (GPU)
+    kv_bytes: int | None  # --kv-cache-memory-bytes (always on CPU)
+    tensor_parallel: int
+    sleep_mode: bool  # parking: --enable-sleep-mode + VLLM_SERVER_DEV_MODE (GPU only)
+
+
+def launch_plan(profile: ModelProfile, device: Device, options: Mapping[str, Any],
+                default: VllmModelSettings) -> LaunchPlan:
+    """The server's settings from ``LoadRequest.options`` (see the manager's doc), with
+    whatever the orchestrator did not pass derived the same way it would."""
+    settings = _settings(options.get("vllm"), default)
+    if settings.max_model_len is not None:  # vLLM refuses more than the model's own
+        settings = settings.model_copy(update={"max_model_len": effective_max_model_len(settings, profile)})
+    gpu = device.kind == "gpu"
+    gpu_indices = list(options.get("gpu_indices") or ([device.index] if gpu and device.index is not None else []))
+    share = options.get("gpu_memory_utilization")
+    kv_bytes = options.get("kv_cache_bytes")
+    if (gpu and share is None) or kv_bytes is None:
+        _, derived_share, derived_kv = vllm_memory(profile, settings, device_kind=device.kind,
+                                                   gpu_total_bytes=device.total_bytes if gpu else None)
+        share = share if share is not None else derived_share
+        kv_bytes = kv_bytes if kv_bytes is not None else derived_kv
+    return LaunchPlan(settings=settings, gpu_indices=gpu_indices, share=share, kv_bytes=kv_bytes,
+                      tensor_parallel=int(options.get("tensor_parallel_size") or max(1, len(gpu_indices))),
+                      sleep_mode=settings.park and gpu)
+
+
+def _settings(value: Any, default: VllmModelSettings) -> VllmModelSettings:
+    if value is None:
+        return default
+    if isinstance(value, VllmModelSettings):
+        return value
+    if isinstance(value, Mapping):
+        return default.model_copy(update=dict(value))
+    raise TypeError(f"options['vllm'] must be VllmModelSettings or a mapping, got {type(value).__name__}")
