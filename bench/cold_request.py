@@ -120,13 +120,13 @@ async def run(runs: int, only: str | None, work: Path) -> None:
             for name, kind in (("llm", "vllm"), ("tri", "triton")):
                 if kind in kinds:
                     await _wait(client, name, "ready")
-            for index in range(runs):
+            for index in range(-1, runs):  # run -1: a warm-up of both sides, not counted
                 for kind in kinds:
                     async def hand() -> float:
                         if kind == "vllm":
                             return (await _vllm_by_hand(Path(ROOT / ".venvs/vllm/bin/python"),
                                                         work / "made" / "llm", work))["start -> first completion"]
-                        return await _triton_by_hand(triton_url, work / "state/triton/models", f"hand{index}")
+                        return await _triton_by_hand(triton_url, work / "state/triton/models", f"hand{index + 1}")
 
                     async def through_daemon() -> float:
                         return await _daemon_request(client, "llm" if kind == "vllm" else "tri", kind == "vllm")
@@ -135,8 +135,10 @@ async def run(runs: int, only: str | None, work: Path) -> None:
                     for step in order:
                         seconds = await step()
                         label = "by hand" if step is hand else "daemon"
-                        results[kind][label].append(seconds)
-                        print(f"{kind} run {index + 1} {label}: {seconds:.3f}s", flush=True)
+                        if index >= 0:
+                            results[kind][label].append(seconds)
+                        print(f"{kind} run {index + 1 if index >= 0 else 'warm-up'} {label}: {seconds:.3f}s",
+                              flush=True)
     finally:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(120)

@@ -177,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--wait", type=float, default=300.0, help="each request's wait budget, s")
     ap.add_argument("--policy", action="append", choices=sorted(POLICIES), help="repeatable; default all")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a scheduler setting of the modelium policy, e.g. min_residency_seconds=10")
+                    help="override a setting of the modelium policy: a scheduler key (min_residency_seconds=10) "
+                         "or an orchestration key (auto_unload_after_seconds=0)")
     args = ap.parse_args(argv)
     quiet_logs()
     overrides = {k: float(v) if v.replace(".", "", 1).isdigit() else v

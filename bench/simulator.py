@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from modelium.analysis import ModelProfile, estimate_memory  # noqa: E402
 from modelium.brain import usable_bytes  # noqa: E402
 from modelium.config import settings_from_dict  # noqa: E402
+from modelium.config.settings import SchedulerSettings  # noqa: E402
 from modelium.hardware import Inventory, MemoryLedger  # noqa: E402
 from modelium.metrics import ModeliumMetrics  # noqa: E402
 from modelium.orchestrator import (  # noqa: E402
@@ -247,7 +248,10 @@ async def replay(requests: list[tuple[float, str, float]], models: dict[str, Sim
     """Replay ``requests`` ((arrival, model, service seconds)) under ``policy``."""
     loop = asyncio.get_running_loop()
     spec = POLICIES[policy]
-    scheduler = {**spec["scheduler"], **(overrides or {})}
+    overrides = overrides or {}
+    scheduler_keys = set(SchedulerSettings.model_fields)
+    scheduler = {**spec["scheduler"], **{k: v for k, v in overrides.items() if k in scheduler_keys}}
+    orchestration = {**spec["orchestration"], **{k: v for k, v in overrides.items() if k not in scheduler_keys}}
     tmp = Path(tempfile.mkdtemp(prefix="modelium-sim-"))
     settings = settings_from_dict({
         "model_repository": str(tmp / "repository"), "incoming_dir": str(tmp / "incoming"),
@@ -256,7 +260,7 @@ async def replay(requests: list[tuple[float, str, float]], models: dict[str, Sim
         "orchestration": {"decision_interval_seconds": decision_interval,
                           "load_wait_timeout_seconds": wait_seconds, "max_queued_requests": 100000,
                           "max_concurrent_requests": 1000, "scheduler": scheduler,
-                          **spec["orchestration"]},
+                          **orchestration},
     }, base_dir=tmp, env={})
     metrics = ModeliumMetrics(clock=loop.time)
     ledger = TimedLedger(loop.time, {d.id: usable_bytes(d, settings.orchestration.max_gpu_memory_utilization)

@@ -1,8 +1,10 @@
 """OpenAI-compatible routes: ``GET /v1/models``, ``POST /v1/completions``,
 ``POST /v1/chat/completions``, plus ``GET /runtimes/vllm/NAME/metrics`` for debugging.
 
-Requests are routed by the body's ``model`` field; the orchestrator loads the model on
-demand and says how it is served (:meth:`Orchestrator.openai_target`):
+Requests are routed by the body's ``model`` field; the orchestrator admits the request
+(queueing it while the model loads or a swap makes room) and says how it is served
+(:meth:`Orchestrator.acquire` returns a ``Serving`` with the runtime's own OpenAI server,
+if it has one):
 
 * **vLLM** (its manager has an OpenAI server for it): the body is forwarded byte for byte
   to ``{base_url}/v1/...`` over one shared pooled ``httpx.AsyncClient``. Answers come back
@@ -10,10 +12,11 @@ demand and says how it is served (:meth:`Orchestrator.openai_target`):
   ...}}`` keeping vLLM's message (that is also OpenAI's error shape). With ``"stream":
   true`` the upstream bytes are relayed chunk by chunk as they arrive (nothing is
   buffered), and when the client goes away the upstream request is closed, which makes
-  vLLM abort the generation. A refused connection means the server is gone: the model is
-  reported lost (the orchestrator reloads it) and the request is tried once more.
+  vLLM abort the generation. A refused connection is reported to the orchestrator, which
+  asks the runtime; when the server really is gone the model is reloaded and the request
+  is tried once more.
 * **Ray Serve** (transformers, no OpenAI server): the request is adapted onto
-  ``orchestrator.predict`` (chat via the predictor's ``chat`` mode and the model's chat
+  ``orchestrator.infer`` (chat via the predictor's ``chat`` mode and the model's chat
   template). ``"stream": true`` is answered as Server-Sent Events too, but only once the
   whole text exists: one content chunk, one finish chunk, ``data: [DONE]``. True token
   streaming is vLLM-only for now. Fields the adapter cannot honour (``n`` > 1,
