@@ -43,6 +43,7 @@ from modelium.brain import (
 )
 from modelium.orchestrator.actions import Actions
 from modelium.orchestrator.context import Context
+from modelium.orchestrator.errors import LoadTimeoutError
 from modelium.orchestrator.memory_view import MemoryViews
 from modelium.orchestrator.plans import HOLD_REPLACING, Claim, Drain, Intent
 from modelium.orchestrator.records import ModelRecord, ModelState
@@ -66,7 +67,7 @@ class Scheduler(MemoryViews, Transitions):
         self._unload_after_load: set[str] = set()
         self._kicked = False
         self._timer: asyncio.TimerHandle | None = None
-        self._blocked: dict[str, str] = {}  # last "cannot make room" reason, logged once
+        self._blocked: dict[str, str] = {}  # why a waiting model is not placed yet (logged once)
         self._runtime_load_seconds: dict[str, float] = {}
         self.enabled = True
         sched = ctx.settings.orchestration.scheduler
@@ -121,7 +122,8 @@ class Scheduler(MemoryViews, Transitions):
     def request_unload(self, record: ModelRecord, reason: str, code: str) -> asyncio.Future[ModelRecord]:
         """Drain then stop (never park) ``record``; resolves once it is unloaded."""
         future: asyncio.Future[ModelRecord] = asyncio.get_running_loop().create_future()
-        self.intents.pop(record.name, None)
+        self._fail_intent(record.name, LoadTimeoutError(
+            f"model {record.name!r} was unloaded on request before it was ready"))
         if record.state in (S.ANALYZED, S.UNLOADED, S.FAILED, S.DISCOVERED):
             future.set_result(record)
             return future
@@ -177,12 +179,13 @@ class Scheduler(MemoryViews, Transitions):
             self._finish_drains(now)
             self._drop_stale_claims()
             self._start_claimed()
-            for name, priority, since in self._demand_order(now):
+            for name in self._demand_order(now):
                 self._serve(self.ctx.table.get(name), now)
         except Exception:  # noqa: BLE001 - one bad decision must not stop the scheduler
             log.exception("scheduler decision failed")
 
-    def _demand_order(self, now: float) -> list[tuple[str, int, float]]:
+    def _demand_order(self, now: float) -> list[str]:
+        """Demanded models (queued requests, due intents), by best priority then age."""
         demand: dict[str, tuple[int, float]] = {}
         for name in self.ctx.admission.demanded():
             waiters = self.ctx.admission.waiters(name)
@@ -194,8 +197,7 @@ class Scheduler(MemoryViews, Transitions):
             prior = demand.get(name, (intent.priority, intent.since))
             demand[name] = (min(prior[0], intent.priority), min(prior[1], intent.since))
         ordered = sorted(demand.items(), key=lambda item: (item[1][0], item[1][1], item[0]))
-        return [(name, p, since) for name, (p, since) in ordered
-                if name in self.ctx.table and name not in self.claims]
+        return [name for name, _ in ordered if name in self.ctx.table and name not in self.claims]
 
     def _serve(self, record: ModelRecord, now: float) -> None:
         """Get one demanded model closer to READY."""
@@ -237,9 +239,9 @@ class Scheduler(MemoryViews, Transitions):
             if intent is not None and not intent.allow_evict and not ctx.admission.queued(record.name):
                 self._drop_intent(record.name, f"not loaded at start-up: {decision.reason}")
             return
-        self._make_room(record, need, required, pinned, usable, committed, now)
+        self._make_room(record, need, pinned, usable, committed, now)
 
-    def _make_room(self, record: ModelRecord, need: int, required: int, pinned: str | None,
+    def _make_room(self, record: ModelRecord, need: int, pinned: str | None,
                    usable: dict[str, int], committed: dict[str, int], now: float) -> None:
         ctx = self.ctx
         sched = ctx.settings.orchestration.scheduler
@@ -266,9 +268,14 @@ class Scheduler(MemoryViews, Transitions):
         verdict = swap_verdict(self._demand(record, plan, now), plan, amortization=sched.amortization,
                                urgency_margin_seconds=sched.urgency_margin_seconds)
         if not verdict.go:
+            if self._blocked.get(record.name) != "deferred":  # once per wait, not per recheck
+                self._blocked[record.name] = "deferred"
+                ctx.decide(record.name, "defer", "amortising", f"{plan.reason}; not yet: {verdict.reason}",
+                           numbers=plan.numbers())
             if verdict.recheck_in is not None:
                 self._recheck(verdict.recheck_in)
             return
+        self._blocked.pop(record.name, None)
         self._swap(record, plan, need, verdict.reason, now)
 
     def _swap(self, record: ModelRecord, plan: RoomPlan, need: int, why: str, now: float) -> None:

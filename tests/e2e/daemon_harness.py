@@ -97,10 +97,33 @@ def assert_sigterm_leaves_nothing(daemon: RunningDaemon) -> list[psutil.Process]
     descendants = psutil.Process(daemon.process.pid).children(recursive=True)
     daemon.process.send_signal(signal.SIGTERM)
     assert daemon.process.wait(120) == 0, daemon.log.read_text()[-4000:]
-    deadline = time.monotonic() + 30
-    alive = descendants
-    while alive and time.monotonic() < deadline:
-        alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-        time.sleep(0.5)
+    alive = still_running(descendants, within=30)
     assert not alive, f"processes left behind: {[(p.pid, p.name()) for p in alive]}"
     return descendants
+
+
+def still_running(processes: list[psutil.Process], *, within: float) -> list[psutil.Process]:
+    """The ``processes`` still alive (zombies count as gone) after waiting up to ``within``."""
+    deadline = time.monotonic() + within
+    alive = processes
+    while alive and time.monotonic() < deadline:
+        alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        if alive:
+            time.sleep(0.25)
+    return alive
+
+
+def triton_only_config(**sections: Any) -> dict[str, Any]:
+    """A daemon config for the Triton-only e2e modules (folders relative to its home, a
+    free gateway port, fast discovery); ``sections`` are added or replace whole keys."""
+    return {
+        "log_format": "text",
+        "incoming_dir": "incoming", "model_repository": "repository",
+        "failed_dir": "failed", "state_dir": "state",
+        "gateway": {"port": free_port()},
+        "ray": {"enabled": False},
+        "vllm": {"enabled": False},
+        "metrics": {"port": None},
+        "discovery": {"settle_seconds": 0.5, "rescan_interval_seconds": 1.0},
+        **sections,
+    }

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from tests.e2e.daemon_harness import free_port, running_daemon
+from tests.e2e.daemon_harness import running_daemon, triton_only_config
 from tests.e2e.fixtures_orchestration import make_sleeper
 
 pytestmark = pytest.mark.e2e
@@ -30,20 +30,12 @@ SLEEP = 0.4
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory):
-    config = {
-        "log_format": "text",
-        "incoming_dir": "incoming", "model_repository": "repository",
-        "failed_dir": "failed", "state_dir": "state",
-        "gateway": {"port": free_port()},
+    config = triton_only_config(
         # Each sleeper runs 2 instances of ~0.71 GiB (CUDA context + margin): two models
         # (2.85 GiB) fit in 3.15 GiB usable, a third does not.
-        "gpus": [{"id": 0, "memory_gb": 3.5}],
-        "ray": {"enabled": False},
-        "vllm": {"enabled": False},
-        "metrics": {"port": None},
-        "orchestration": {"decision_interval_seconds": 1, "auto_unload_after_seconds": 0},
-        "discovery": {"settle_seconds": 0.5, "rescan_interval_seconds": 1.0},
-    }
+        gpus=[{"id": 0, "memory_gb": 3.5}],
+        orchestration={"decision_interval_seconds": 1, "auto_unload_after_seconds": 0},
+    )
     with running_daemon(tmp_path_factory.mktemp("churn"), config) as running:
         for name in MODELS:
             staging = running.home / "staging" / name

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from tests.e2e.daemon_harness import free_port, running_daemon
+from tests.e2e.daemon_harness import running_daemon, triton_only_config
 from tests.e2e.fixtures_orchestration import make_sleeper
 
 pytestmark = pytest.mark.e2e
@@ -29,23 +29,15 @@ GIANT_BERT = {  # config only: ~40 B parameters, far beyond the simulated GPU
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory):
-    config = {
-        "log_format": "text",
-        "incoming_dir": "incoming", "model_repository": "repository",
-        "failed_dir": "failed", "state_dir": "state",
-        "gateway": {"port": free_port()},
-        "gpus": [{"id": 0, "memory_gb": 1.6}],
-        "ray": {"enabled": False},
-        "vllm": {"enabled": False},
-        "metrics": {"port": None},
-        "orchestration": {"decision_interval_seconds": 1, "auto_unload_after_seconds": 0,
-                          "min_qps_threshold": 1000, "max_concurrent_requests": 1,
-                          "max_queued_requests": 32},
-        "models": {"third": {"auto_unload_after_seconds": 3},
-                   "busy": {"max_queued_requests": 0},
-                   "victim": {"max_concurrent_requests": 32}},
-        "discovery": {"settle_seconds": 0.5, "rescan_interval_seconds": 1.0},
-    }
+    config = triton_only_config(
+        gpus=[{"id": 0, "memory_gb": 1.6}],
+        orchestration={"decision_interval_seconds": 1, "auto_unload_after_seconds": 0,
+                       "min_qps_threshold": 1000, "max_concurrent_requests": 1,
+                       "max_queued_requests": 32},
+        models={"third": {"auto_unload_after_seconds": 3},
+                "busy": {"max_queued_requests": 0},
+                "victim": {"max_concurrent_requests": 32}},
+    )
     with running_daemon(tmp_path_factory.mktemp("orchestration"), config) as running:
         yield running
 

@@ -8,14 +8,13 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import time
 
 import psutil
 import pytest
 import requests
 
 from examples.make_tiny_models import make_model
-from tests.e2e.daemon_harness import REPO, free_port, running_daemon
+from tests.e2e.daemon_harness import REPO, free_port, running_daemon, still_running
 from tests.e2e.fixtures_orchestration import make_sleeper
 
 pytestmark = pytest.mark.e2e
@@ -86,11 +85,7 @@ def test_kill_minus_nine_then_restart_restores_what_the_user_had(tmp_path_factor
         assert len(descendants) >= 3  # ray, vllm and tritonserver at least
         os.kill(first.process.pid, signal.SIGKILL)
         first.process.wait(10)
-        deadline = time.monotonic() + 10
-        alive = descendants
-        while alive and time.monotonic() < deadline:
-            alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-            time.sleep(0.25)
+        alive = still_running(descendants, within=10)
         assert not alive, f"left behind 10 s after kill -9: {[(p.pid, p.name()) for p in alive]}"
 
     with running_daemon(home, config) as second:
