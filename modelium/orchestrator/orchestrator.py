@@ -69,6 +69,7 @@ class Serving:
     base_url: str | None
     generation: int
     lease: Lease
+    device: str  # where it is served (the record may move on during a re-drop)
 
 
 def _first_set(value: int | None, default: int) -> int:
@@ -234,17 +235,17 @@ class Orchestrator:
         if cold:
             self.metrics.observe_cold_start(name, record.runtime or "", self.clock() - now)
         self.metrics.request_started(name)
-        self.metrics.activity.begin(record.device or "", "serving")
+        device = record.device or ""
+        self.metrics.activity.begin(device, "serving")
         manager = self.managers[record.runtime or ""]
         return Serving(record, lease.instance, manager.openai_base_url(lease.instance),
-                       record.generation, lease)
+                       record.generation, lease, device)
 
     def release(self, serving: Serving) -> None:
         if serving.lease.released:
             return
-        record = serving.record
-        self.metrics.activity.end(record.device or "", "serving")
-        self.metrics.request_finished(record.name)
+        self.metrics.activity.end(serving.device, "serving")
+        self.metrics.request_finished(serving.record.name)
         serving.lease.release()
 
     async def infer(self, serving: Serving, inputs: Any, parameters: dict[str, Any]) -> Any:
@@ -305,8 +306,6 @@ class Orchestrator:
             raise LoadTimeoutError(f"model {name!r} is still loading after {wait:.0f}s; it goes on "
                                    "loading", retry_after=self.retry_after(name)) from None
 
-    retry = load  # older name
-
     async def unload(self, name: str, *, reason: str = "unloaded on request") -> ModelRecord:
         """Drain (in-flight requests finish) and stop; stays unloaded across restarts
         until something asks for it."""
@@ -349,8 +348,6 @@ class Orchestrator:
             if device is not None:
                 await self.scheduler.actions.measure(record, device)
         self.registrar.flush_usage()
-
-    reconcile = tick  # older name
 
     async def quiesce(self) -> None:
         """Wait until nothing is being decided, loaded, unloaded or replaced (tests)."""

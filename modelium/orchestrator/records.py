@@ -119,10 +119,8 @@ class ModelRecord:
     served_since_load: int = 0  # requests admitted since it became ready
     loaded_at_wall: float | None = None
     draining_since: float | None = None  # monotonic
-    unload_to: ModelState | None = None  # PARKED or UNLOADED while draining / unloading
     hold: str | None = None  # an operation (re-drop) that owns the record: no loads meanwhile
     crash_times: list[float] = field(default_factory=list)  # monotonic, within the window
-    restart_at: float | None = None  # monotonic time of a scheduled restart after a crash
     updated_at: float = field(default_factory=time.time)
 
     @property

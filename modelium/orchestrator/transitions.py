@@ -130,7 +130,7 @@ class Transitions:
             runtime = record.runtime or ""
             self._runtime_load_seconds[runtime] = ema(self._runtime_load_seconds.get(runtime), seconds)
             record.load_count += 1
-        record.loaded_at, record.restart_at, record.served_since_load = now, None, 0
+        record.loaded_at, record.served_since_load = now, 0
         record.loaded_at_wall = ctx.metrics.wall_time()
         manager = ctx.managers[record.runtime or ""]
         record.endpoint = manager.openai_base_url(record.instance)
@@ -229,7 +229,6 @@ class Transitions:
             self._fail_waiters(record)
         else:
             delay = min(2.0 ** crashes, MAX_RESTART_BACKOFF_SECONDS)
-            record.restart_at = now + delay
             reason = f"{why}; restart {crashes} of {policy.max_restarts} in {delay:.0f}s"
             ctx.table.set_state(record, S.UNLOADED, reason)
             ctx.decide(record.name, "lost", "crash", reason)
