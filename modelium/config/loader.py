@@ -245,7 +245,7 @@ def _format_error(err: dict[str, Any], env_paths: Mapping[tuple[str, ...], str])
         cause = (err.get("ctx") or {}).get("error")
         if kind in ("value_error", "assertion_error") and cause is not None:
             message = str(cause)
-        if "input" in err and not isinstance(err["input"], (Mapping, BaseModel)):
+        if "input" in err and not isinstance(err["input"], (Mapping, BaseModel)) and not _secret(loc):
             message += f" (got {_shown(err['input'])})"
     variable = _env_variable(loc, env_paths)
     return f"{variable} ({path}): {message}" if variable else f"{path}: {message}"
@@ -291,6 +291,14 @@ def _config_error(source: str, lines: list[str]) -> ConfigError:
     return ConfigError(
         f"invalid config {source}:\n" + "\n".join(f"  {line}" for line in lines), lines
     )
+
+
+#: Keys whose values are never echoed in an error (they may be credentials).
+_SECRET_KEYS = frozenset({"api_keys", "extra_args", "prometheus_url"})
+
+
+def _secret(loc: tuple[Any, ...]) -> bool:
+    return any(str(part) in _SECRET_KEYS for part in loc)
 
 
 def _shown(value: Any) -> str:

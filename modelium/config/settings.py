@@ -64,6 +64,24 @@ class GatewaySettings(Section):
         default_factory=list,
         description="Accepted API keys (sent as 'Authorization: Bearer <key>'); empty = no auth.",
     )
+    allow_unauthenticated: bool = Field(
+        default=False,
+        description="Allow a non-loopback host (gateway or metrics) without api_keys: anyone "
+        "who can reach the port can then load, unload and query models.",
+    )
+    max_body_bytes: int = Field(
+        default=32 * 1024 * 1024, ge=1024,
+        description="Largest request body accepted; larger ones get 413 without being read.",
+    )
+    max_batch_items: int = Field(
+        default=256, ge=1,
+        description="Most inputs (texts, prompts, messages, tensor rows) in one request (else 422).",
+    )
+    request_timeout_seconds: float = Field(
+        default=600.0, gt=0,
+        description="How long one runtime call may take once the request was admitted (then "
+        "504 and the slot is freed).",
+    )
 
 
 class GpuSpec(Section):
@@ -111,6 +129,12 @@ class DiscoverySettings(Section):
     use_events: bool = Field(
         default=True, description="Also use filesystem events (inotify & co) to react faster."
     )
+    allow_code: bool = Field(
+        default=True,
+        description="Accept drops that carry code Modelium would run: Triton python-backend "
+        "model.py files, pickled weights (*.bin, *.pt: unpickling can run code). false = "
+        "quarantine them (safetensors, ONNX and native Triton models only).",
+    )
 
 
 class ModelOverride(Section):
@@ -149,7 +173,12 @@ class ModelOverride(Section):
 
 _SECTIONS = ("gateway", "ray", "vllm", "triton", "orchestration", "metrics", "discovery", "models")
 _DIRS = ("incoming_dir", "model_repository", "failed_dir", "state_dir")
-_LOOPBACK = {"127.0.0.1", "localhost", "0.0.0.0", "::1", "[::1]", "::"}
+_LOOPBACK = {"127.0.0.1", "localhost", "0.0.0.0", "::1", "[::1]", "::"}  # for port clashes
+_LOOPBACK_BINDS = {"127.0.0.1", "localhost", "::1", "[::1]"}  # what only this machine reaches
+
+
+def is_loopback_host(host: str) -> bool:
+    return host in _LOOPBACK_BINDS or host.startswith("127.")
 
 
 class ModeliumSettings(Section):
@@ -287,9 +316,29 @@ class ModeliumSettings(Section):
                         ((second,), f"{b} overlaps {first} ({a}); the folders must be separate")
                     )
         problems += self._port_clashes()
+        problems += self._open_binds()
         if problems:
             raise ConfigProblems(problems)
         return self
+
+    def _open_binds(self) -> list[tuple[Any, ...]]:
+        """A port reachable from other machines without authentication is refused unless
+        the operator opts in: an open gateway lets anyone load, unload and query models."""
+        if self.gateway.allow_unauthenticated:
+            return []
+        problems: list[tuple[Any, ...]] = []
+        if not is_loopback_host(self.gateway.host) and not self.gateway.api_keys:
+            problems.append((("gateway", "host"),
+                             f"{self.gateway.host} is reachable from other machines but gateway.api_keys is "
+                             "empty: add keys (gateway.api_keys: [KEY], or MODELIUM_GATEWAY__API_KEYS='[\"KEY\"]'), "
+                             "bind to 127.0.0.1, or set gateway.allow_unauthenticated: true to serve everyone"))
+        if (self.metrics.enabled and self.metrics.port is not None
+                and not is_loopback_host(self.metrics.host)):
+            problems.append((("metrics", "host"),
+                             f"{self.metrics.host}: the metrics endpoint has no authentication; bind it to "
+                             "127.0.0.1 (scrape the gateway's /metrics instead) or set "
+                             "gateway.allow_unauthenticated: true"))
+        return problems
 
     def _port_clashes(self) -> list[tuple[Any, ...]]:
         """Ports Modelium binds (or starts something on) locally must differ."""
@@ -326,7 +375,20 @@ class ModeliumSettings(Section):
         return [runtime for runtime, enabled in flags if enabled]
 
     def to_public_dict(self) -> dict[str, Any]:
-        """A JSON-able dump of the settings with every API key replaced by ``"***"``."""
+        """A JSON-able dump of the settings with what may carry secrets hidden: API keys,
+        vLLM's extra arguments (``--api-key ...``), credentials in URLs."""
         data = self.model_dump(mode="json")
         data["gateway"]["api_keys"] = ["***" for _ in self.gateway.api_keys]
+        data["vllm"]["extra_args"] = ["***" for _ in self.vllm.extra_args]
+        data["metrics"]["prometheus_url"] = _without_credentials(self.metrics.prometheus_url)
+        data["ray"]["address"] = _without_credentials(self.ray.address)
+        data["triton"]["endpoint"] = _without_credentials(self.triton.endpoint)
         return data
+
+
+def _without_credentials(url: str | None) -> str | None:
+    """``scheme://user:password@host`` -> ``scheme://***@host``."""
+    if url is None or "@" not in url:
+        return url
+    scheme, sep, rest = url.rpartition("://")
+    return f"{scheme}{sep}***@{rest.split('@', 1)[1]}" if sep else "***@" + url.split("@", 1)[1]

@@ -10,9 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -22,43 +20,28 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from modelium import __version__
-from modelium.gateway.auth import api_key_checker
+from modelium.config.settings import is_loopback_host
+from modelium.gateway.auth import api_key_checker, key_is_valid
+from modelium.gateway.errors import (
+    CLIENT_GONE_STATUS,
+    describe_problem,
+    error_response,
+    map_error,
+    new_request_id,
+    status_label,
+)
+from modelium.gateway.limits import BodyLimit, ClientGone, check_batch, unless_client_leaves
 from modelium.gateway.request_options import request_options
 from modelium.gateway.schemas import PredictRequest
 from modelium.metrics import ModeliumMetrics
-from modelium.orchestrator import (
-    LoadTimeoutError,
-    ModelFailedError,
-    NoCapacityError,
-    NotReadyError,
-    Orchestrator,
-    TooManyRequestsError,
-    UnknownModelError,
-)
-from modelium.runtimes.base import ModelNotLoadedError, RuntimeUnavailableError
-from modelium.runtimes.errors import BadRequestError
+from modelium.orchestrator import Orchestrator, UnknownModelError
 
 if TYPE_CHECKING:
     import httpx
 
 log = logging.getLogger(__name__)
 
-RETRY_AFTER_SECONDS = "30"
-RETRY_AFTER_BUSY_SECONDS = "1"
 RUNTIME_METRICS_TIMEOUT = 5.0  # seconds a runtime's own /metrics may take per scrape
-
-
-def error_response(
-    status: int, error_type: str, message: str, *, headers: dict[str, str] | None = None, **extra: Any
-) -> JSONResponse:
-    headers = dict(headers or {})
-    if status == 503:
-        headers.setdefault("Retry-After", RETRY_AFTER_SECONDS)
-    return JSONResponse(
-        status_code=status,
-        content={"error": {"type": error_type, "message": message, **extra}},
-        headers=headers,
-    )
 
 
 def create_app(
@@ -86,7 +69,16 @@ def create_app(
             await upstream.aclose()
 
     app = FastAPI(title="Modelium", version=__version__, lifespan=lifespan)
+    app.add_middleware(BodyLimit, max_bytes=settings.gateway.max_body_bytes)
     authorized = Depends(api_key_checker(settings.gateway.api_keys))
+    gateway = settings.gateway
+
+    def may_see_detail(request: Request) -> bool:
+        """Runtime details (paths, versions) only for an authorized caller: one with a key
+        when keys are set, anyone on a loopback-only gateway otherwise."""
+        if gateway.api_keys:
+            return key_is_valid(request, gateway.api_keys)
+        return is_loopback_host(gateway.host)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -97,11 +89,11 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def _malformed(_: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = [_describe_problem(err) for err in exc.errors()]
+        problems = [describe_problem(err) for err in exc.errors()]
         return error_response(422, "invalid_request", "; ".join(problems), details=problems)
 
     @app.get("/health")
-    async def health() -> JSONResponse:
+    async def health(request: Request) -> JSONResponse:
         runtimes = {}
         for name, manager in orchestrator.managers.items():
             try:
@@ -113,6 +105,9 @@ def create_app(
         status = "ok" if ok else ("starting" if not orchestrator.ready else "degraded")
         if orchestrator.startup_error:
             status = "error"
+        if not may_see_detail(request):  # up / down, and which runtime, but no paths
+            return JSONResponse(status_code=200 if ok else 503, content={
+                "status": status, "runtimes": {n: {"ok": r["ok"]} for n, r in runtimes.items()}})
         return JSONResponse(
             status_code=200 if ok else 503,
             content={"status": status, "runtimes": runtimes, "error": orchestrator.startup_error},
@@ -139,35 +134,35 @@ def create_app(
         try:
             return orchestrator.get(name).to_dict()
         except UnknownModelError as exc:
-            return _unknown(exc)
+            return map_error(exc)
 
     @app.post("/models/{name}/load", dependencies=[authorized])
     async def load_model(name: str) -> Any:
         try:
             return (await orchestrator.load(name)).to_dict()
         except Exception as exc:  # noqa: BLE001 - mapped below
-            return _map_error(exc)
+            return map_error(exc)
 
     @app.post("/models/{name}/unload", dependencies=[authorized])
     async def unload_model(name: str) -> Any:
         try:
             return (await orchestrator.unload(name)).to_dict()
         except Exception as exc:  # noqa: BLE001 - mapped below
-            return _map_error(exc)
+            return map_error(exc)
 
     @app.post("/models/{name}/pin", dependencies=[authorized])
     async def pin_model(name: str) -> Any:
         try:
             return orchestrator.set_pinned(name, True).to_dict()
         except Exception as exc:  # noqa: BLE001 - mapped below
-            return _map_error(exc)
+            return map_error(exc)
 
     @app.post("/models/{name}/unpin", dependencies=[authorized])
     async def unpin_model(name: str) -> Any:
         try:
             return orchestrator.set_pinned(name, False).to_dict()
         except Exception as exc:  # noqa: BLE001 - mapped below
-            return _map_error(exc)
+            return map_error(exc)
 
     @app.get("/decisions", dependencies=[authorized])
     async def decisions(limit: int = 100, model: str | None = None) -> dict[str, Any]:
@@ -192,20 +187,22 @@ def create_app(
 
     @app.post("/predict/{name}", dependencies=[authorized])
     async def predict(name: str, body: PredictRequest, request: Request) -> Any:
-        request_id = uuid.uuid4().hex[:16]
+        request_id = new_request_id()
         started = time.perf_counter()
         runtime = "none"
         try:
             options = request_options(request)
-            record, outputs = await orchestrator.predict(name, body.inputs, body.parameters,
-                                                         wait_seconds=options.wait_seconds,
-                                                         priority=options.priority)
+            check_batch("inputs", body.inputs, gateway.max_batch_items)
+            record, outputs = await unless_client_leaves(request, orchestrator.predict(
+                name, body.inputs, body.parameters, wait_seconds=options.wait_seconds,
+                priority=options.priority))
             runtime = record.runtime or "none"
         except Exception as exc:  # noqa: BLE001 - mapped to a status below
-            response = _map_error(exc)
+            response = (Response(status_code=CLIENT_GONE_STATUS) if isinstance(exc, ClientGone)
+                        else map_error(exc, request_id))
             if not isinstance(exc, UnknownModelError):  # unknown names would explode label sets
                 runtime = _runtime_of(orchestrator, name)
-                metrics.observe_request(name, runtime, _status_label(response.status_code),
+                metrics.observe_request(name, runtime, status_label(response.status_code),
                                         time.perf_counter() - started)
             return response
         seconds = time.perf_counter() - started
@@ -225,50 +222,6 @@ def create_app(
 
     add_openai_routes(app, orchestrator, metrics, upstream, dependencies=[authorized])
     return app
-
-
-BODY_HINT = 'expected a JSON body like {"inputs": "text" or ["text", ...], "parameters": {...}}'
-
-
-def _describe_problem(error: dict[str, Any]) -> str:
-    """One line per validation problem, naming the field (``parameters``, ``inputs``...)."""
-    where = ".".join(str(part) for part in error["loc"] if part != "body")
-    if not where:
-        return f"request body: {error['msg']}; {BODY_HINT}"
-    return f"{where}: {error['msg']}"
-
-
-def _unknown(exc: UnknownModelError) -> JSONResponse:
-    return error_response(404, "model_not_found", exc.message, known_models=exc.known)
-
-
-def _map_error(exc: Exception) -> JSONResponse:
-    if isinstance(exc, UnknownModelError):
-        return _unknown(exc)
-    if isinstance(exc, BadRequestError):
-        return error_response(422, "invalid_request", exc.message)
-    if isinstance(exc, ModelFailedError):
-        return error_response(409, "model_failed", exc.message)
-    if isinstance(exc, TooManyRequestsError):
-        return error_response(429, "too_many_requests", exc.message,
-                              headers={"Retry-After": _retry_after(exc, RETRY_AFTER_BUSY_SECONDS)})
-    if isinstance(exc, (NoCapacityError, NotReadyError, LoadTimeoutError)):
-        return error_response(503, "unavailable", exc.message,
-                              headers={"Retry-After": _retry_after(exc, RETRY_AFTER_SECONDS)})
-    if isinstance(exc, (RuntimeUnavailableError, ModelNotLoadedError)):
-        return error_response(503, "runtime_unavailable", str(exc))
-    log.exception("request failed", exc_info=exc)
-    return error_response(500, "internal_error", f"{type(exc).__name__}: {exc}")
-
-
-def _retry_after(exc: Exception, default: str) -> str:
-    seconds = getattr(exc, "retry_after", None)
-    return str(max(1, math.ceil(seconds))) if seconds is not None else default
-
-
-def _status_label(status_code: int) -> str:
-    return {400: "bad_request", 404: "not_found", 409: "failed", 422: "bad_request",
-            429: "rejected", 503: "unavailable"}.get(status_code, "error")
 
 
 def _runtime_of(orchestrator: Orchestrator, name: str) -> str:

@@ -1,28 +1,43 @@
 """Optional API keys: ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``.
 
-With no keys configured every request is allowed (the gateway binds to loopback by
-default). ``/health`` and ``/metrics`` never need a key so probes and scrapers work.
+With no keys configured every request is allowed (the gateway then only binds to loopback,
+unless ``gateway.allow_unauthenticated`` says otherwise). ``/health`` and ``/metrics``
+never need a key so probes and scrapers work; ``/health`` shows runtime details only to an
+authorized caller. Keys are compared as SHA-256 digests with ``hmac.compare_digest``, and
+every configured key is compared, so neither a key's length nor its position leaks.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from collections.abc import Callable, Sequence
 
 from fastapi import HTTPException, Request
 
 
+def _digest(value: str) -> bytes:
+    return hashlib.sha256(value.encode()).digest()
+
+
+def presented_key(request: Request) -> str:
+    auth = request.headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip()
+    return request.headers.get("x-api-key", "")
+
+
+def key_is_valid(request: Request, api_keys: Sequence[str]) -> bool:
+    presented = _digest(presented_key(request))
+    matches = [hmac.compare_digest(presented, _digest(key)) for key in api_keys]
+    return any(matches)
+
+
 def api_key_checker(api_keys: Sequence[str]) -> Callable[[Request], None]:
-    keys = [k.encode() for k in api_keys]
+    keys = list(api_keys)
 
     def check(request: Request) -> None:
-        if not keys:
-            return
-        presented = request.headers.get("x-api-key", "")
-        auth = request.headers.get("authorization", "")
-        if auth.lower().startswith("bearer "):
-            presented = auth[7:].strip()
-        if not any(hmac.compare_digest(presented.encode(), key) for key in keys):
+        if keys and not key_is_valid(request, keys):
             raise HTTPException(status_code=401, detail="missing or invalid API key",
                                 headers={"WWW-Authenticate": "Bearer"})
 

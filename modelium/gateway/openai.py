@@ -34,6 +34,7 @@ with speculative decoding). The proxy never rewrites the client's body or the st
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -48,7 +49,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from modelium.gateway.app import _map_error, _status_label, error_response
+from modelium.gateway.errors import CLIENT_GONE_STATUS, error_response, map_error, status_label
+from modelium.gateway.limits import ClientGone, check_batch, unless_client_leaves
 from modelium.metrics import ModeliumMetrics
 from modelium.gateway.request_options import request_options
 from modelium.orchestrator import Orchestrator, Serving, UnknownModelError
@@ -203,7 +205,7 @@ class _OpenAIHandler:
         try:
             record = self.orchestrator.get(model)
         except UnknownModelError as exc:  # not counted: unknown names would explode label sets
-            return _map_error(exc)
+            return map_error(exc)
         runtime = record.runtime or "none"
         try:
             task = _task(record)
@@ -215,19 +217,22 @@ class _OpenAIHandler:
             stream = body.get("stream")
             if stream is not None and not isinstance(stream, bool):
                 raise BadRequestError(f"stream must be a boolean, got {type(stream).__name__}")
+            limit = self.orchestrator.settings.gateway.max_batch_items
+            check_batch("prompt", body.get("prompt"), limit)
+            check_batch("messages", body.get("messages"), limit)
             options = request_options(request)
             for attempt in (1, 2):
-                serving = await self.orchestrator.acquire(model, wait_seconds=options.wait_seconds,
-                                                          priority=options.priority)
+                serving = await unless_client_leaves(request, self.orchestrator.acquire(
+                    model, wait_seconds=options.wait_seconds, priority=options.priority))
                 runtime = serving.record.runtime or "none"
                 base_url = serving.base_url
                 if base_url is None:
                     try:
-                        return await self._adapt(kind, body, serving, started, bool(stream))
+                        return await self._adapt(request, kind, body, serving, started, bool(stream))
                     finally:
                         self.orchestrator.release(serving)
                 try:
-                    return await self._proxy(kind, raw, serving, base_url, started, bool(stream))
+                    return await self._proxy(request, kind, raw, serving, base_url, started, bool(stream))
                 except httpx.ConnectError as exc:
                     lost = await self.orchestrator.report_lost(
                         serving, f"its server at {base_url} refused the connection ({exc})")
@@ -240,13 +245,15 @@ class _OpenAIHandler:
             raise AssertionError("unreachable")
         except _RequestFailed as failed:
             response = failed.response
-        except httpx.TimeoutException as exc:
-            response = error_response(504, "upstream_timeout", f"model {model!r} did not answer in time: {exc!r}")
+        except ClientGone:
+            response = Response(status_code=CLIENT_GONE_STATUS)
+        except (httpx.TimeoutException, TimeoutError):
+            response = error_response(504, "timeout", f"model {model!r} did not answer in time")
         except httpx.HTTPError as exc:
-            response = error_response(503, "runtime_unavailable", f"model {model!r}: {type(exc).__name__}: {exc}")
+            response = map_error(RuntimeUnavailableError(f"model {model!r}: {type(exc).__name__}: {exc}"))
         except Exception as exc:  # noqa: BLE001 - mapped like /predict
-            response = _map_error(exc)
-        self.metrics.observe_request(model, runtime, _status_label(response.status_code),
+            response = map_error(exc)
+        self.metrics.observe_request(model, runtime, status_label(response.status_code),
                                      time.perf_counter() - started)
         return response
 
@@ -261,18 +268,22 @@ class _OpenAIHandler:
 
     # ------------------------------------------------------------------ vLLM proxy
 
-    async def _proxy(self, kind: str, raw: bytes, serving: Serving, base_url: str,
+    async def _proxy(self, request: Request, kind: str, raw: bytes, serving: Serving, base_url: str,
                      started: float, stream: bool) -> Response:
         """Relay to the model's own server; ``serving`` is released when the answer (or
-        the stream) ends, whatever happens."""
+        the stream) ends, whatever happens. A non-streamed call is bounded by
+        ``gateway.request_timeout_seconds`` and cancelled when the client leaves."""
         record = serving.record
         client = self.upstream.get()
         url = f"{base_url.rstrip('/')}/v1/{kind}"
         # identity: the bytes are relayed as they come, so they must not be compressed.
-        headers = {"content-type": "application/json", "accept-encoding": "identity"}
+        headers = {"content-type": "application/json", "accept-encoding": "identity",
+                   **self.orchestrator.managers[record.runtime or ""].upstream_headers(serving.instance)}
         if not stream:
+            timeout = self.orchestrator.settings.gateway.request_timeout_seconds
             try:
-                upstream = await client.post(url, content=raw, headers=headers)
+                upstream = await unless_client_leaves(
+                    request, asyncio.wait_for(client.post(url, content=raw, headers=headers), timeout))
             finally:
                 self.orchestrator.release(serving)
             seconds = time.perf_counter() - started
@@ -323,11 +334,12 @@ class _OpenAIHandler:
 
     # ------------------------------------------------------------------ Ray Serve adapter
 
-    async def _adapt(self, kind: str, body: dict[str, Any], serving: Serving,
+    async def _adapt(self, http_request: Request, kind: str, body: dict[str, Any], serving: Serving,
                      started: float, stream: bool) -> Response:
         record = serving.record
         request = _adapter_request(kind, body, _task(record) or "text-generation")
-        outputs = await self.orchestrator.infer(serving, request.inputs, request.parameters)
+        outputs = await unless_client_leaves(
+            http_request, self.orchestrator.infer(serving, request.inputs, request.parameters))
         results = outputs if isinstance(outputs, list) and kind == COMPLETIONS and request.batch else [outputs]
         if not all(isinstance(r, dict) and isinstance(r.get("generated_text"), str) for r in results):
             raise RuntimeError(f"the runtime answered with no generated text: {str(outputs)[:200]}")
@@ -367,7 +379,7 @@ class _OpenAIHandler:
         try:
             record = self.orchestrator.get(name)
         except UnknownModelError as exc:
-            return _map_error(exc)
+            return map_error(exc)
         if record.state == ModelState.READY and record.runtime != "vllm":
             return error_response(404, "not_found",
                                   f"model {name!r} is served by {record.runtime}, not by vLLM")
@@ -381,6 +393,7 @@ class _OpenAIHandler:
             )
         try:
             upstream = await self.upstream.get().get(f"{base_url.rstrip('/')}/metrics",
+                                                     headers=manager.upstream_headers(record.instance),
                                                      timeout=VLLM_METRICS_TIMEOUT)
         except httpx.HTTPError as exc:
             return error_response(503, "runtime_unavailable",

@@ -7,6 +7,7 @@ from modelium.orchestrator.errors import (
     NoCapacityError,
     NotReadyError,
     OrchestratorError,
+    RequestTimeoutError,
     TooManyRequestsError,
     UnknownModelError,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "Orchestrator",
     "OrchestratorError",
     "Priority",
+    "RequestTimeoutError",
     "Serving",
     "StateStore",
     "TooManyRequestsError",

@@ -41,3 +41,8 @@ class TooManyRequestsError(OrchestratorError):
 
 class LoadTimeoutError(OrchestratorError):
     """The request's wait budget ran out before the model could serve it (HTTP 503)."""
+
+
+class RequestTimeoutError(OrchestratorError):
+    """The runtime did not answer an admitted request within gateway.request_timeout_seconds
+    (HTTP 504); its slot is freed."""

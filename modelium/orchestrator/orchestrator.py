@@ -41,6 +41,7 @@ from modelium.orchestrator.errors import (
     LoadTimeoutError,
     ModelFailedError,
     NotReadyError,
+    RequestTimeoutError,
     TooManyRequestsError,
 )
 from modelium.orchestrator.records import ModelRecord, ModelState, ema
@@ -249,9 +250,16 @@ class Orchestrator:
         serving.lease.release()
 
     async def infer(self, serving: Serving, inputs: Any, parameters: dict[str, Any]) -> Any:
-        """Run one request on an admitted model (timing its service for the policy)."""
+        """Run one request on an admitted model (timing its service for the policy), at most
+        ``gateway.request_timeout_seconds``: a hung runtime must not hold the slot forever."""
         started = self.clock()
-        outputs = await self.managers[serving.record.runtime or ""].infer(serving.instance, inputs, parameters)
+        timeout = self.settings.gateway.request_timeout_seconds
+        manager = self.managers[serving.record.runtime or ""]
+        try:
+            outputs = await asyncio.wait_for(manager.infer(serving.instance, inputs, parameters), timeout)
+        except TimeoutError:
+            raise RequestTimeoutError(f"model {serving.record.name!r} did not answer within {timeout:.0f}s "
+                                      "(gateway.request_timeout_seconds)") from None
         costs = serving.record.costs
         costs.service_seconds = ema(costs.service_seconds, self.clock() - started)
         return outputs

@@ -120,6 +120,7 @@ class ModelRecord:
     loaded_at_wall: float | None = None
     draining_since: float | None = None  # monotonic
     hold: str | None = None  # an operation (re-drop) that owns the record: no loads meanwhile
+    runs_dropped_code: list[str] = field(default_factory=list)  # see orchestrator/trust.py
     crash_times: list[float] = field(default_factory=list)  # monotonic, within the window
     updated_at: float = field(default_factory=time.time)
 
@@ -150,6 +151,7 @@ class ModelRecord:
             "revision": self.revision,
             "instance": self.instance,
             "path": str(self.path),
+            "runs_dropped_code": list(self.runs_dropped_code),
             "task": profile.task if profile else None,
             "architecture": profile.architecture if profile else None,
             "parameters": profile.parameters if profile else None,

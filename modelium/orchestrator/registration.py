@@ -23,9 +23,20 @@ from modelium.analysis import InvalidModelError, ModelProfile
 from modelium.brain import place
 from modelium.orchestrator.admission import Priority
 from modelium.orchestrator.context import Context
-from modelium.orchestrator.records import RESIDENT_STATES, ModelRecord, ModelState, Wanted
+from modelium.orchestrator.records import (
+    RESIDENT_STATES,
+    ModelRecord,
+    ModelState,
+    Wanted,
+)
 from modelium.orchestrator.scheduler import Scheduler
-from modelium.orchestrator.store import StateStore, cached_profile, restore_into, was_failed
+from modelium.orchestrator.store import (
+    StateStore,
+    cached_profile,
+    restore_into,
+    was_failed,
+)
+from modelium.orchestrator.trust import dropped_code
 from modelium.runtimes.ray_serve.signature import folder_signature
 
 log = logging.getLogger(__name__)
@@ -94,6 +105,7 @@ class Registrar:
                 return record
         self.store.set_signature(name, signature)
         record.profile = profile
+        record.runs_dropped_code = await asyncio.to_thread(dropped_code, Path(path))
         ctx.table.set_state(record, S.ANALYZED)
         failed = was_failed(row) if cached is not None else None
         if failed:

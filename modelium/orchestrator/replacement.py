@@ -30,10 +30,16 @@ from modelium.analysis import ModelProfile
 from modelium.brain import place
 from modelium.discovery import commit_staged, quarantine
 from modelium.orchestrator.context import Context
-from modelium.orchestrator.records import RESIDENT_STATES, Costs, ModelRecord, ModelState
-from modelium.orchestrator.registration import Registrar
 from modelium.orchestrator.plans import HOLD_REPLACING, HOLD_TRIAL
+from modelium.orchestrator.records import (
+    RESIDENT_STATES,
+    Costs,
+    ModelRecord,
+    ModelState,
+)
+from modelium.orchestrator.registration import Registrar
 from modelium.orchestrator.scheduler import Scheduler
+from modelium.orchestrator.trust import dropped_code
 from modelium.runtimes.ray_serve.signature import folder_signature
 
 log = logging.getLogger(__name__)
@@ -116,6 +122,7 @@ class Replacer:
             return False
         self.scheduler.retiring[record.instance] = (record.name, record.runtime or "", record.device or "")
         record.revision, record.path, record.profile, record.memory = new.revision, staged, profile, new.memory
+        record.runs_dropped_code = await asyncio.to_thread(dropped_code, staged)
         record.runtime, record.runtime_reason = new.runtime, new.runtime_reason
         record.device, record.reserved_bytes = device.id, required
         record.costs = Costs(load_seconds=seconds, service_seconds=record.costs.service_seconds)
@@ -141,7 +148,9 @@ class Replacer:
         if record.state in RESIDENT_STATES:
             ctx.decide(record.name, "redrop", "swap", "no room beside the serving version: swapping")
             await self.scheduler.request_unload(record, "replaced by a new drop", "replaced")
+        old_code = record.runs_dropped_code
         record.path, record.profile, record.revision = staged, profile, record.revision + 1
+        record.runs_dropped_code = await asyncio.to_thread(dropped_code, staged)
         record.costs = Costs(load_seconds=record.costs.load_seconds)
         record.hold = HOLD_TRIAL
         ctx.table.set_state(record, S.ANALYZED, f"new version (revision {record.revision}) loading")
@@ -157,6 +166,7 @@ class Replacer:
         # Restore before any await, so no decision ever sees the failed new version.
         record.hold = None
         record.path, record.profile, record.revision, record.costs = old[0], old[1], old[2], old[3]
+        record.runs_dropped_code = old_code
         if old[4] == S.FAILED:
             ctx.table.set_state(record, S.FAILED, old[5])
         else:

@@ -14,8 +14,14 @@ from typing import TYPE_CHECKING
 
 from modelium.hardware import Device
 from modelium.orchestrator.errors import LoadTimeoutError, ModelFailedError
-from modelium.orchestrator.plans import Drain, HOLD_REPLACING
-from modelium.orchestrator.records import LIVE_STATES, ModelRecord, ModelState, Wanted, ema
+from modelium.orchestrator.plans import HOLD_REPLACING, Drain
+from modelium.orchestrator.records import (
+    LIVE_STATES,
+    ModelRecord,
+    ModelState,
+    Wanted,
+    ema,
+)
 
 if TYPE_CHECKING:
     from modelium.orchestrator.actions import Actions

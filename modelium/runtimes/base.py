@@ -155,6 +155,11 @@ class RuntimeManager(ABC):
         :meth:`infer`."""
         return None
 
+    def upstream_headers(self, name: str) -> dict[str, str]:
+        """Headers the gateway adds to every request it relays to :meth:`openai_base_url`
+        (the runtime's own secret, e.g. a per-server API key); ``{}`` when there are none."""
+        return {}
+
     async def metrics_text(self) -> str | None:
         """The runtime's own Prometheus metrics (text format) to append to Modelium's
         /metrics, so one scrape sees both; None when there are none to add."""

@@ -302,16 +302,16 @@ def test_env_overrides_types_and_nesting(tmp_path: Path) -> None:
 
 
 def test_env_wins_over_file(tmp_path: Path) -> None:
-    path = write_config(tmp_path, "gateway:\n  port: 8050\n  host: 0.0.0.0\n")
+    path = write_config(tmp_path, "gateway:\n  port: 8050\n  host: 127.0.0.2\n")
     settings = load_settings(path, env={"MODELIUM_GATEWAY__PORT": "8051"})
     assert settings.gateway.port == 8051
-    assert settings.gateway.host == "0.0.0.0"  # untouched keys come from the file
+    assert settings.gateway.host == "127.0.0.2"  # untouched keys come from the file
 
 
 def test_specific_env_var_wins_over_section_var(tmp_path: Path) -> None:
-    env = {"MODELIUM_GATEWAY__PORT": "8002", "MODELIUM_GATEWAY": "{port: 8003, host: 0.0.0.0}"}
+    env = {"MODELIUM_GATEWAY__PORT": "8002", "MODELIUM_GATEWAY": "{port: 8003, host: 127.0.0.2}"}
     settings = load({}, tmp_path, env=env)
-    assert (settings.gateway.port, settings.gateway.host) == (8002, "0.0.0.0")
+    assert (settings.gateway.port, settings.gateway.host) == (8002, "127.0.0.2")
 
 
 def test_env_unknown_key_names_the_variable(tmp_path: Path) -> None:
@@ -381,3 +381,25 @@ def test_vllm_per_model_override_merges_over_defaults(tmp_path: Path) -> None:
     assert settings.vllm.settings_for(None).max_num_seqs == 16
     message = problems({"models": {"llm": {"vllm": {"max_num_seq": 4}}}}, tmp_path)
     assert "models.llm.vllm.max_num_seq" in message
+
+
+def test_an_open_bind_without_keys_is_refused_unless_opted_in(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="gateway.host: 0.0.0.0 is reachable .* gateway.allow_unauthenticated"):
+        load({"gateway": {"host": "0.0.0.0"}}, tmp_path)
+    with pytest.raises(ConfigError, match="metrics.host: 10.1.2.3: the metrics endpoint has no authentication"):
+        load({"metrics": {"host": "10.1.2.3"}}, tmp_path)
+    assert load({"gateway": {"host": "0.0.0.0", "api_keys": ["k"]}, "metrics": {"port": None}},
+                tmp_path).gateway.host == "0.0.0.0"
+    opted = load({"gateway": {"host": "0.0.0.0", "allow_unauthenticated": True}, "metrics": {"host": "0.0.0.0"}},
+                 tmp_path)
+    assert opted.gateway.allow_unauthenticated
+
+
+def test_secrets_are_never_echoed(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load({}, tmp_path, env={"MODELIUM_GATEWAY__API_KEYS": "s3cr3t-value"})
+    assert "s3cr3t-value" not in str(info.value) and "gateway.api_keys" in str(info.value)
+    settings = load({"gateway": {"api_keys": ["k1"]}, "vllm": {"extra_args": ["--api-key", "hush"]},
+                     "metrics": {"prometheus_url": "http://user:pw@prom:9091"}}, tmp_path)
+    public = str(settings.to_public_dict())
+    assert "k1" not in public and "hush" not in public and "pw@" not in public and "prom:9091" in public

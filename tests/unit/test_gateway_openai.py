@@ -107,6 +107,12 @@ class Upstream:
             return JSONResponse(status_code=400, content={
                 "object": "error", "message": "max_tokens must be at least 1, got -1.",
                 "type": "BadRequestError", "param": "max_tokens", "code": 400})
+        if body.get("prompt") == "hang" and not body.get("stream"):
+            while not self.release.is_set():  # until the test releases, or the caller leaves
+                if await request.is_disconnected():
+                    self.stream_abandoned.set()
+                    return Response(status_code=499)
+                await asyncio.sleep(0.01)
         if not body.get("stream"):
             if chat:
                 choice = {"index": 0, "message": {"role": "assistant", "content": "hi from vllm"},

@@ -1,0 +1,98 @@
+"""One error shape for every route, and which exception becomes which status.
+
+``{"error": {"type", "message", ...}}``. Client mistakes say exactly what is wrong (404 with
+the known models, 422 naming the field, 409 with the model's failure reason, 413, 429 and
+503 with a computed Retry-After, 504 after the request timeout). Server-side failures
+(runtime errors, bugs) never echo exception internals to the client: the body carries the
+request id, and the detail goes to the log under that id.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import uuid
+from typing import Any
+
+from fastapi.responses import JSONResponse
+
+from modelium.orchestrator import (
+    LoadTimeoutError,
+    ModelFailedError,
+    NoCapacityError,
+    NotReadyError,
+    RequestTimeoutError,
+    TooManyRequestsError,
+    UnknownModelError,
+)
+from modelium.runtimes.base import ModelNotLoadedError, RuntimeUnavailableError
+from modelium.runtimes.errors import BadRequestError
+
+log = logging.getLogger("modelium.gateway")
+
+RETRY_AFTER_SECONDS = "30"
+RETRY_AFTER_BUSY_SECONDS = "1"
+BODY_HINT = 'expected a JSON body like {"inputs": "text" or ["text", ...], "parameters": {...}}'
+CLIENT_GONE_STATUS = 499  # nginx's "client closed request": nobody reads it
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+def error_response(
+    status: int, error_type: str, message: str, *, headers: dict[str, str] | None = None, **extra: Any
+) -> JSONResponse:
+    headers = dict(headers or {})
+    if status == 503:
+        headers.setdefault("Retry-After", RETRY_AFTER_SECONDS)
+    return JSONResponse(
+        status_code=status,
+        content={"error": {"type": error_type, "message": message, **extra}},
+        headers=headers,
+    )
+
+
+def describe_problem(error: dict[str, Any]) -> str:
+    """One line per validation problem, naming the field (``parameters``, ``inputs``...)."""
+    where = ".".join(str(part) for part in error["loc"] if part != "body")
+    if not where:
+        return f"request body: {error['msg']}; {BODY_HINT}"
+    return f"{where}: {error['msg']}"
+
+
+def map_error(exc: Exception, request_id: str | None = None) -> JSONResponse:
+    if isinstance(exc, UnknownModelError):
+        return error_response(404, "model_not_found", exc.message, known_models=exc.known)
+    if isinstance(exc, BadRequestError):
+        return error_response(422, "invalid_request", exc.message)
+    if isinstance(exc, ModelFailedError):
+        return error_response(409, "model_failed", exc.message)
+    if isinstance(exc, TooManyRequestsError):
+        return error_response(429, "too_many_requests", exc.message,
+                              headers={"Retry-After": _retry_after(exc, RETRY_AFTER_BUSY_SECONDS)})
+    if isinstance(exc, (NoCapacityError, NotReadyError, LoadTimeoutError)):
+        return error_response(503, "unavailable", exc.message,
+                              headers={"Retry-After": _retry_after(exc, RETRY_AFTER_SECONDS)})
+    if isinstance(exc, RequestTimeoutError):
+        return error_response(504, "timeout", exc.message)
+    request_id = request_id or new_request_id()
+    if isinstance(exc, (RuntimeUnavailableError, ModelNotLoadedError)):
+        log.warning("request %s: runtime unavailable: %s", request_id, exc, extra={"request_id": request_id})
+        return error_response(503, "runtime_unavailable",
+                              f"the model's runtime could not serve the request (request id {request_id}; "
+                              "the detail is in the daemon's log)", request_id=request_id)
+    log.error("request %s failed", request_id, exc_info=exc, extra={"request_id": request_id})
+    return error_response(500, "internal_error",
+                          f"internal error (request id {request_id}; the detail is in the daemon's log)",
+                          request_id=request_id)
+
+
+def _retry_after(exc: Exception, default: str) -> str:
+    seconds = getattr(exc, "retry_after", None)
+    return str(max(1, math.ceil(seconds))) if seconds is not None else default
+
+
+def status_label(status_code: int) -> str:
+    return {400: "bad_request", 404: "not_found", 409: "failed", 413: "too_large", 422: "bad_request",
+            429: "rejected", 499: "cancelled", 503: "unavailable", 504: "timeout"}.get(status_code, "error")
