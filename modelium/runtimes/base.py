@@ -156,8 +156,11 @@ class RuntimeManager(ABC):
         return None
 
     def upstream_headers(self, name: str) -> dict[str, str]:
-        """Headers the gateway adds to every request it relays to :meth:`openai_base_url`
-        (the runtime's own secret, e.g. a per-server API key); ``{}`` when there are none."""
+        """Headers that every request relayed to :meth:`openai_base_url` ``(name)``, and to
+        that server's own ``/metrics``, must carry: the runtime's secret that keeps its
+        loopback port closed to everyone but Modelium (vLLM: ``Authorization: Bearer`` with
+        that server's own key). ``{}`` when none is needed. They replace any header of the
+        same name the client sent; never show them to a client or in a log."""
         return {}
 
     async def metrics_text(self) -> str | None:

@@ -12,6 +12,8 @@ Two rules every supervised child follows, and why:
 * **Ports are probed the way servers bind them** (:func:`port_is_free`), with
   ``SO_REUSEADDR``, so a just-stopped server's connections in TIME_WAIT do not make a port
   look taken.
+* **A runtime's secret reaches only that runtime** (:func:`child_env`): the private Ray
+  cluster's token and a vLLM server's key are never inherited by another child.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import asyncio
 import os
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 LOOPBACK = "127.0.0.1"
 
@@ -91,3 +93,16 @@ def free_ports(count: int, host: str = LOOPBACK) -> list[int]:
     finally:
         for sock in sockets:
             sock.close()
+
+
+#: One runtime's secret, which no other child may inherit from the daemon's environment:
+#: the private Ray cluster's token (set in the daemon while it is connected) and a vLLM
+#: key (only ever set in one vLLM server's own environment, dropped here in case the
+#: daemon was started with one).
+RUNTIME_SECRET_ENV = ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "VLLM_API_KEY")
+
+
+def child_env(base: Mapping[str, str]) -> dict[str, str]:
+    """``base`` without the runtime secrets (:data:`RUNTIME_SECRET_ENV`) and without the
+    daemon's own ``MODELIUM_*`` configuration, which may carry ``gateway.api_keys``."""
+    return {k: v for k, v in base.items() if k not in RUNTIME_SECRET_ENV and not k.startswith("MODELIUM_")}

@@ -2,7 +2,7 @@
 
 One cluster serves the whole module (start ~20 s on 2 cores; each transformers replica
 ~15 s to import torch and load), so the tests run in file order and share state:
-load -> predict -> bad request -> corrupt load -> unload -> adopt (second driver, then in
+load -> callers without the cluster's token refused -> predict -> bad request -> corrupt load -> unload -> adopt (second driver, then in
 process) -> stop (no orphans) -> restart, SIGKILL of ``ray start`` itself (orphans found by
 session and killed). The last test SIGKILLs a process that owns its own cluster and checks
 the parent-death signal takes the whole cluster down.
@@ -36,6 +36,7 @@ from modelium.hardware.devices import Device
 from modelium.runtimes.base import LoadRequest, ModelNotLoadedError, RuntimeLoadError, RuntimeUnavailableError
 from modelium.runtimes.errors import BadRequestError
 from modelium.runtimes.ray_serve import RayServeManager, folder_signature
+from modelium.runtimes.ray_serve.deployment import ModelReplica
 from modelium.runtimes.process import free_ports
 from tests.e2e.processes import alive as _alive
 
@@ -145,6 +146,101 @@ async def test_start_is_private_and_healthy(manager: RayServeManager) -> None:
         except psutil.NoSuchProcess:
             continue
     assert not exposed, f"Ray listens beyond loopback: {exposed}"
+
+
+_STRANGER = textwrap.dedent(
+    """
+    import os, sys, ray
+    try:
+        if sys.argv[1].startswith("ray://"):
+            ray.init(sys.argv[1])
+        else:
+            ray.init(address=sys.argv[1], log_to_driver=False)
+        print("CONNECTED", ray.get(ray.remote(lambda: os.getpid()).remote()))
+    except Exception as exc:  # what a local user without the token gets
+        print("REFUSED", type(exc).__name__, str(exc)[:300])
+    """
+)
+
+
+def _stranger(address: str, env: dict[str, str]) -> str:
+    proc = subprocess.run([sys.executable, "-c", _STRANGER, address], env=env, capture_output=True, text=True,
+                          timeout=150)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(("CONNECTED", "REFUSED"))]
+    return lines[-1] if lines else f"no answer: {proc.stderr[-2000:]}"
+
+
+def _grpc_status(port: int, call: str, token: str | None) -> str:
+    """A raw gRPC call to the GCS ("gcs") or the raylet ("raylet"), as any local process could make."""
+    import grpc
+    from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc, node_manager_pb2, node_manager_pb2_grpc
+
+    metadata = [("authorization", f"Bearer {token}")] if token else None
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        try:
+            if call == "gcs":
+                gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel).GetAllNodeInfo(
+                    gcs_service_pb2.GetAllNodeInfoRequest(), metadata=metadata, timeout=10)
+            else:
+                node_manager_pb2_grpc.NodeManagerServiceStub(channel).GetNodeStats(
+                    node_manager_pb2.GetNodeStatsRequest(), metadata=metadata, timeout=10)
+        except grpc.RpcError as exc:
+            return exc.code().name
+    return "OK"
+
+
+async def test_the_cluster_refuses_callers_without_its_token(manager: RayServeManager, tmp_path: Path) -> None:
+    """Token authentication (Ray 2.60): the private cluster's token is in environments only,
+    and Ray's gRPC servers, drivers, Ray Client and the agents' HTTP APIs refuse anyone
+    without it. What stays open: read-only metrics ports, and Serve's HTTP proxy, which
+    cannot run a Modelium model (its replicas have no ``__call__``)."""
+    cluster = manager.cluster
+    assert cluster is not None
+    token = cluster.auth_token
+    assert len(token) == 64
+    processes = [psutil.Process(cluster.pid), *cluster.descendants()]
+    assert not [p.pid for p in processes if token in " ".join(p.cmdline())]  # never on a command line
+    env = psutil.Process(cluster.pid).environ()
+    assert env["RAY_AUTH_MODE"] == "token" and env["RAY_AUTH_TOKEN"] == token
+    assert os.environ["RAY_AUTH_TOKEN"] == token  # the driver's, while it is connected
+    token_file = Path.home() / ".ray" / "auth_token"
+    assert not token_file.exists() or token not in token_file.read_text()  # never written to disk
+
+    for port, call in ((manager.gcs_port, "gcs"), (cluster.ports["node_manager"], "raylet")):
+        assert await asyncio.to_thread(_grpc_status, port, call, None) == "UNAUTHENTICATED"
+        assert await asyncio.to_thread(_grpc_status, port, call, "0" * 64) == "UNAUTHENTICATED"
+        assert await asyncio.to_thread(_grpc_status, port, call, token) == "OK"
+
+    # A local user's driver and Ray Client, without the token (and no ~/.ray/auth_token): refused.
+    stranger = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    stranger["HOME"] = str(tmp_path)
+    client = f"ray://127.0.0.1:{cluster.ports['ray_client_server']}"
+    started = time.monotonic()
+    answers = await asyncio.gather(
+        asyncio.to_thread(_stranger, manager.gcs_address, stranger),
+        asyncio.to_thread(_stranger, client, stranger),
+        asyncio.to_thread(_stranger, client, {**stranger, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}),
+    )
+    _timed("strangers refused (driver, Ray Client) + Ray Client with the token", started)
+    assert answers[0].startswith("REFUSED"), answers[0]
+    assert answers[1].startswith("REFUSED"), answers[1]
+    assert answers[2].startswith("CONNECTED"), answers[2]  # the same call with the token works
+
+    import httpx
+
+    async with httpx.AsyncClient(trust_env=False, timeout=10) as http:
+        for name in ("dashboard_agent_listen", "runtime_env_agent"):  # agents' HTTP APIs (the job agent...)
+            answer = await http.post(f"http://127.0.0.1:{cluster.ports[name]}/api/job_agent/jobs/", json={})
+            assert answer.status_code == 401 and "authentication token" in answer.text, name
+        assert (await http.get(f"http://127.0.0.1:{cluster.ports['metrics_export']}/metrics")).status_code == 200
+        # Serve's HTTP proxy has no authentication, but there is nothing behind it to call.
+        assert not callable(object.__new__(ModelReplica))
+        answer = await http.post(f"http://127.0.0.1:{manager.http_port}/llama", json={"inputs": "hi"})
+        assert answer.status_code == 500
+    # No dashboard, hence no Jobs API: nothing of the cluster listens on Ray's dashboard port.
+    listening = {c.laddr.port for p in processes if p.is_running()
+                 for c in p.net_connections("inet") if c.status == psutil.CONN_LISTEN}
+    assert 8265 not in listening
 
 
 async def test_predict_text_generation_and_classification(manager: RayServeManager) -> None:
@@ -334,6 +430,7 @@ async def test_stop_leaves_no_process_behind(manager: RayServeManager) -> None:
     cluster = manager.cluster
     assert cluster is not None
     session_id = cluster.pid
+    token = cluster.auth_token
     recorded = [cluster.pid, *(p.pid for p in cluster.descendants())]
     names = sorted({psutil.Process(pid).name() for pid in _alive(recorded)})
     print(f"[stop] {len(recorded)} processes under ray start: {names}")
@@ -347,6 +444,7 @@ async def test_stop_leaves_no_process_behind(manager: RayServeManager) -> None:
     assert _alive(recorded) == [], "processes survived stop()"
     assert _session_members(session_id) == []
     assert _processes_mentioning(str(cluster.temp_dir)) == []
+    assert os.environ.get("RAY_AUTH_TOKEN") != token  # the driver forgot the token with the cluster
     assert not (await manager.health()).ok
     await manager.stop()  # idempotent
 

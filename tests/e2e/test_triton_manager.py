@@ -206,7 +206,9 @@ async def test_status_codes_and_stub_processes(tmp_path: Path, install) -> None:
         await manager.load(two)
         await manager.load(_request("one.REV2", _python_model(drops / "one", "one", ADD_ONE_MODEL)))
 
-        async with httpx.AsyncClient(base_url=manager.base_url, trust_env=False) as http:
+        assert manager.server is not None
+        async with httpx.AsyncClient(base_url=manager.base_url, headers=manager.server.headers,
+                                     trust_env=False) as http:
             async def status(path: str) -> int:
                 return (await http.post(path, json=x)).status_code
 
@@ -242,6 +244,65 @@ async def test_status_codes_and_stub_processes(tmp_path: Path, install) -> None:
         assert await manager.process_ids("never-loaded") == []
         await manager.unload("two")
         assert await manager.process_ids("two") == []
+    finally:
+        await manager.stop()
+
+
+async def test_direct_calls_without_the_key_are_refused(tmp_path: Path, install) -> None:
+    """Modelium's own tritonserver answers only calls carrying its ``x-modelium-key``
+    (every API but health), speaks no gRPC, and hides the key from ``ps``."""
+    manager = TritonManager(install=install, state_dir=tmp_path / "state", endpoint=None,
+                            startup_timeout_seconds=60, load_timeout_seconds=120)
+    x = {"inputs": [{"name": "X", "shape": [1, 1], "datatype": "FP32", "data": [1.0]}]}
+    try:
+        await manager.start()
+        await manager.load(_request("add-one", _python_model(tmp_path / "add-one", "x", ADD_ONE_MODEL)))
+        server = manager.server
+        assert server is not None and server.pid is not None and server.ports is not None
+        key = server.api_key
+        assert len(key) >= 40 and server.headers == {"x-modelium-key": key}
+        calls = [("POST", "/v2/models/add-one/infer", x), ("POST", "/v2/repository/models/add-one/load", {}),
+                 ("POST", "/v2/repository/models/add-one/unload", {}), ("POST", "/v2/repository/index", {}),
+                 ("GET", "/v2/models/add-one", None),
+                 ("GET", "/v2/models/add-one/config", None), ("GET", "/v2/models/stats", None),
+                 ("GET", "/v2", None), ("GET", "/v2/systemsharedmemory/status", None),
+                 ("GET", "/v2/trace/setting", None), ("GET", "/v2/logging", None)]
+        async with httpx.AsyncClient(base_url=manager.base_url, trust_env=False, timeout=30) as http:
+            for method, path, body in calls:
+                for headers in ({}, {"x-modelium-key": "guess"}, {"authorization": f"Bearer {key}"}):
+                    response = await http.request(method, path, json=body, headers=headers)
+                    assert response.status_code == 403, (method, path, headers, response.status_code)
+                    assert "This API is restricted, expecting header 'x-modelium-key'" in response.text
+            # Health stays open: "up", and whether a model of that name is ready.
+            for path in ("/v2/health/ready", "/v2/health/live", "/v2/models/add-one/ready"):
+                assert (await http.get(path)).status_code == 200
+            assert await manager.loaded_models() == {"add-one"}  # nothing was unloaded
+            with_key = {"headers": server.headers}
+            assert (await http.post("/v2/models/add-one/infer", json=x, **with_key)).json()["outputs"][0]["data"] == [2.0]
+            assert (await http.post("/v2/repository/models/add-one/load", json={}, **with_key)).status_code == 200
+            assert (await http.post("/v2/repository/index", json={}, **with_key)).status_code == 200
+            # The metrics port cannot be restricted by Triton: read-only counters, on loopback.
+            assert (await http.get(server.metrics_url)).status_code == 200
+        assert await manager.infer("add-one", {"X": [[1.0]]}, {}) == {"Y": [[2.0]]}
+
+        # No gRPC: tritonserver listens on its HTTP and metrics ports only, on loopback.
+        listening = {(c.laddr.ip, c.laddr.port) for c in psutil.Process(server.pid).net_connections("inet")
+                     if c.status == psutil.CONN_LISTEN}
+        assert listening == {("127.0.0.1", server.ports.http), ("127.0.0.1", server.ports.metrics)}
+        # The key is not readable in its command line (scrubbed once it answered), nor in its log.
+        assert server.argv_scrubbed
+        cmdline = " ".join(psutil.Process(server.pid).cmdline())
+        assert key not in cmdline and "x-modelium-key=" + "*" * len(key) in cmdline
+        assert key not in server.log_path.read_text()
+        assert "RAY_AUTH_TOKEN" not in psutil.Process(server.pid).environ()
+
+        # A restarted server has a new key; the manager uses it at once.
+        os.kill(server.pid, signal.SIGKILL)
+        while server.alive:
+            time.sleep(0.05)
+        await manager.load(_request("add-one", _python_model(tmp_path / "again", "x", ADD_ONE_MODEL)))
+        assert manager.server is not server and manager.server.api_key != key
+        assert await manager.infer("add-one", {"X": [[2.0]]}, {}) == {"Y": [[3.0]]}
     finally:
         await manager.stop()
 

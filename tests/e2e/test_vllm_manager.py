@@ -2,9 +2,10 @@
 
 One manager serves the module and the tests run in file order, sharing state (a vLLM CPU
 server takes 15-55 s to start on 2 cores, so starts are kept to four):
-load A -> /health, /predict mapping -> load B beside it (two processes, two ports; B under
-an instance key ``llama-b.REV2`` serving the public name ``llama-b``, as a re-dropped
-version does) -> bad parameters -> kill -9 of B is seen (exit reason with its log tail;
+load A -> /health, /predict mapping -> direct calls without A's key refused -> load B
+beside it (two processes, two ports, two keys; B under an instance key ``llama-b.REV2``
+serving the public name ``llama-b``, as a re-dropped version does, and in vLLM's dev mode
+as a parkable server: /sleep without the key refused, park/wake with it) -> bad parameters -> kill -9 of B is seen (exit reason with its log tail;
 its orphaned engine-core process swept) -> unload A frees its process and port -> B comes
 back -> stop() leaves no process. The last test SIGKILLs a process that owns its own
 manager and checks the parent-death signal takes its vLLM server (and engine core) down.
@@ -16,6 +17,7 @@ printed (run with ``-s`` to see them) and checked against bounds at the end.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import shutil
 import signal
@@ -130,7 +132,7 @@ async def test_load_serves_health_and_predict(manager: VllmManager, model_dirs: 
     _timed("server start to /health (llama-a)", started)
     url = manager.openai_base_url("llama-a")
     assert url == f"http://127.0.0.1:{manager.server_port('llama-a')}"
-    async with httpx.AsyncClient(trust_env=False) as client:
+    async with httpx.AsyncClient(trust_env=False, headers=manager.upstream_headers("llama-a")) as client:
         assert (await client.get(f"{url}/health")).status_code == 200
         models = (await client.get(f"{url}/v1/models")).json()
     assert [m["id"] for m in models["data"]] == ["llama-a"]
@@ -151,9 +153,70 @@ async def test_load_serves_health_and_predict(manager: VllmManager, model_dirs: 
     assert set(chat) == {"generated_text", "num_generated_tokens", "finish_reason"}
 
 
-async def test_second_model_runs_in_a_second_process(manager: VllmManager, model_dirs: dict[str, Path]) -> None:
+#: What a direct call must get without the server's key. vLLM 0.32's own --api-key check
+#: covers /v1/* and /inference/* only (measured: /metrics, /tokenize, /invocations, /sleep,
+#: /collective_rpc... answered without it); Modelium's guard middleware covers the rest.
+GUARDED_CALLS = [
+    ("POST", "/v1/completions", {"model": "llama-a", "prompt": "hi", "max_tokens": 2}),
+    ("POST", "/v1/chat/completions", {"model": "llama-a", "messages": [{"role": "user", "content": "hi"}]}),
+    ("GET", "/v1/models", None), ("GET", "/metrics", None), ("GET", "/version", None), ("GET", "/ping", None),
+    ("POST", "/tokenize", {"model": "llama-a", "prompt": "hi"}),
+    ("POST", "/detokenize", {"model": "llama-a", "tokens": [1, 2]}),
+    ("POST", "/invocations", {"model": "llama-a", "prompt": "hi", "max_tokens": 2}),
+    ("POST", "/pooling", {"model": "llama-a", "input": "hi"}), ("POST", "/classify", {"model": "llama-a", "input": "hi"}),
+    ("POST", "/score", {"model": "llama-a", "text_1": "a", "text_2": "b"}),
+    ("GET", "/openapi.json", None), ("GET", "/server_info", None),
+]
+#: The dev-mode routes (VLLM_SERVER_DEV_MODE=1, which parking needs).
+DEV_CALLS = [("POST", "/sleep?level=1", None), ("POST", "/wake_up", None), ("GET", "/is_sleeping", None),
+             ("POST", "/collective_rpc", {"method": "get_model_config"}), ("POST", "/reset_prefix_cache", None)]
+
+
+async def _refused(url: str, calls: list[tuple[str, str, object]], key: str) -> None:
+    """Every call answers 401 without the key, with a wrong one, and with it in another header."""
+    for headers in ({}, {"Authorization": "Bearer not-the-key"}, {"X-Api-Key": key}, {"Authorization": key}):
+        async with httpx.AsyncClient(base_url=url, trust_env=False, timeout=30) as client:  # fresh connection
+            for method, path, body in calls:
+                response = await client.request(method, path, json=body, headers=headers)
+                assert response.status_code == 401, (method, path, headers.keys(), response.status_code)
+
+
+async def test_direct_calls_without_the_key_are_refused(manager: VllmManager) -> None:
+    """Each server has its own key, in its environment only; every path but /health needs it."""
+    server = manager._servers["llama-a"]
+    key = server.api_key
+    assert len(key) >= 40 and manager.upstream_headers("llama-a") == {"Authorization": f"Bearer {key}"}
+    assert manager.upstream_headers("never-loaded") == {}
+    process = psutil.Process(server.pid)
+    cmdline = process.cmdline()
+    assert key not in " ".join(cmdline) and "--api-key" not in cmdline
+    assert cmdline[cmdline.index("--middleware") + 1] == "modelium_vllm_guard.KeyGuard"
+    assert process.environ()["VLLM_API_KEY"] == key and "VLLM_SERVER_DEV_MODE" not in process.environ()
+    assert key not in server.log_path.read_text()
+    url = manager.openai_base_url("llama-a")
+    assert url is not None
+    await _refused(url, GUARDED_CALLS, key)
+    async with httpx.AsyncClient(base_url=url, trust_env=False, timeout=60) as client:
+        assert (await client.get("/health")).status_code == 200  # the one open path: 200 or 503, nothing else
+        assert (await client.post("/health")).status_code == 401  # GET and HEAD only
+        completion = GUARDED_CALLS[0]
+        answer = await client.post(completion[1], json=completion[2], headers=manager.upstream_headers("llama-a"))
+        assert answer.status_code == 200 and answer.json()["choices"][0]["text"] is not None
+        assert (await client.get("/metrics", headers=server.headers)).status_code == 200
+
+
+async def test_second_model_runs_in_a_second_process(manager: VllmManager, model_dirs: dict[str, Path],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """B also runs in vLLM's dev mode (as a parked model would on a GPU: its /sleep and
+    /wake_up answer on CPU too), so the dev-mode routes are checked on a real server."""
+    from modelium.runtimes.vllm import manager as manager_module
+
+    real_plan = manager_module.launch_plan
+    monkeypatch.setattr(manager_module, "launch_plan",
+                        lambda *args: dataclasses.replace(real_plan(*args), sleep_mode=True))
     started = time.monotonic()
     await manager.load(_request(B, model_dirs["llama-b"], served_name="llama-b"))
+    monkeypatch.undo()
     _timed("server start to /health (llama-b, beside llama-a)", started)
     assert await manager.loaded_models() == {"llama-a", B}
     pid_a, pid_b = manager.server_pid("llama-a"), manager.server_pid(B)
@@ -167,12 +230,29 @@ async def test_second_model_runs_in_a_second_process(manager: VllmManager, model
         assert psutil.Process(pid).environ()["CUDA_VISIBLE_DEVICES"] == ""
         print(f"[memory] {public}: {_rss_mib(_tree(pid)):.0f} MiB RSS (server + engine core), "
               f"{len(_tree(pid))} processes")
-    async with httpx.AsyncClient(trust_env=False) as client:  # clients use the public name
-        models = (await client.get(f"{manager.openai_base_url(B)}/v1/models")).json()
+    async with httpx.AsyncClient(trust_env=False, headers=manager.upstream_headers(B)) as client:
+        models = (await client.get(f"{manager.openai_base_url(B)}/v1/models")).json()  # the public name
     assert [m["id"] for m in models["data"]] == ["llama-b"]
     results = await asyncio.gather(manager.infer("llama-a", "one", {"max_new_tokens": 4}),
                                    manager.infer(B, "two", {"max_new_tokens": 4}))
     assert all(r["generated_text"] for r in results)
+
+    # Its own key, not A's; the dev-mode routes need it too.
+    server = manager._servers[B]
+    assert server.api_key != manager._servers["llama-a"].api_key
+    assert psutil.Process(pid_b).environ()["VLLM_SERVER_DEV_MODE"] == "1"
+    url = manager.openai_base_url(B)
+    assert url is not None
+    await _refused(url, DEV_CALLS, server.api_key)
+    await _refused(url, DEV_CALLS, manager._servers["llama-a"].api_key)  # another server's key is no key
+    assert not await server.is_sleeping()  # the refused /sleep did nothing
+    started = time.monotonic()
+    await manager.park(B)  # the manager's own /sleep carries the key
+    _timed("park (POST /sleep, CPU)", started)
+    assert manager.is_parked(B) and await server.is_sleeping()
+    await manager.wake(B)
+    assert not await server.is_sleeping()
+    assert (await manager.infer(B, "awake", {"max_new_tokens": 2}))["generated_text"]
 
 
 async def test_bad_parameters_are_bad_requests(manager: VllmManager) -> None:

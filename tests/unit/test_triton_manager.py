@@ -45,6 +45,7 @@ class FakeServer:
         self.pid = 1000 + len(FakeServer.made)
         self.returncode: int | None = None
         self.survivors: list[int] = []
+        self.headers = {"x-modelium-key": f"key-{self.pid}"}  # a new key per server, like access.py
         FakeServer.made.append(self)
 
     base_url = "http://triton.test"
@@ -83,11 +84,16 @@ class FakeTriton:
         self.infer_answer: dict[str, tuple[int, str]] = {}
         self.index_started = asyncio.Event()
         self.index_release = asyncio.Event()
+        self.keys: list[str | None] = []  # the x-modelium-key of every restricted call
 
     async def __call__(self, request: httpx.Request) -> httpx.Response:
         parts = request.url.path.strip("/").split("/")
         if parts[:2] == ["v2", "health"]:
             return httpx.Response(200)
+        # Like --http-restricted-api: an own server's APIs need that server's current key.
+        self.keys.append(request.headers.get("x-modelium-key"))
+        if FakeServer.made and self.keys[-1] != FakeServer.made[-1].headers["x-modelium-key"]:
+            return httpx.Response(403, json={"error": "This API is restricted, expecting header 'x-modelium-key'"})
         if parts[:3] == ["v2", "repository", "index"]:
             return await self._index(request)
         if parts[:3] == ["v2", "repository", "models"]:
@@ -165,6 +171,8 @@ async def test_concurrent_loads_after_one_crash_restart_the_server_once(tmp_path
     assert await manager.loaded_models() == set(names)
     assert await manager.restart_server(first) is False  # a late caller that saw `first` die
     assert manager.restarts == 1
+    # Every call carried the key of the server it went to (the restarted one has its own).
+    assert set(triton.keys) == {"key-1000", "key-1001"} and triton.keys[-1] == "key-1001"
     await manager.stop()
 
 
@@ -194,6 +202,7 @@ async def test_unreachable_external_server_raises(tmp_path: Path, triton: FakeTr
         await manager.loaded_models()
     triton.index_mode = "ok"
     assert await manager.loaded_models() == {"a"}
+    assert triton.keys and set(triton.keys) == {None}  # an external server gets no key
     await manager.stop()
 
 

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from modelium.runtimes.triton import access
 from modelium.runtimes.triton.install import TritonInstall, locate_tritonserver
 from modelium.runtimes.triton.server import (
     STUB_NAME,
@@ -40,7 +44,8 @@ def _fake_install(tmp_path: Path) -> TritonInstall:
 
 def test_command_is_explicit_loopback_and_strict(tmp_path: Path) -> None:
     install = _fake_install(tmp_path)
-    command = build_command(install, tmp_path / "models", tmp_path / "backends", TritonPorts(8100, 8101, 8102))
+    command = build_command(install, tmp_path / "models", tmp_path / "backends", TritonPorts(8100, 8101, 8102),
+                            api_key="k3y")
     assert command[0] == str(install.executable)
     for flag in (f"--model-repository={tmp_path / 'models'}", "--model-control-mode=explicit",
                  f"--backend-directory={tmp_path / 'backends'}", "--http-address=127.0.0.1",
@@ -51,11 +56,45 @@ def test_command_is_explicit_loopback_and_strict(tmp_path: Path) -> None:
     assert not any("0.0.0.0" in part for part in command)
 
 
+def test_command_restricts_every_api_but_health_and_turns_grpc_off(tmp_path: Path) -> None:
+    install = _fake_install(tmp_path)
+    command = build_command(install, tmp_path / "m", tmp_path / "b", TritonPorts(1, 2, 3), api_key="k3y",
+                            extra_args=["--log-info=true"])
+    groups = "inference,model-repository,metadata,model-config,statistics,shared-memory,trace,logging"
+    assert f"--http-restricted-api={groups}:x-modelium-key=k3y" in command
+    assert f"--grpc-restricted-protocol={groups}:x-modelium-key=k3y" in command  # should extra_args enable it
+    assert "--allow-grpc=false" in command and command[-1] == "--log-info=true"
+    assert "health" not in groups.split(",")
+    with pytest.raises(ValueError, match="key"):
+        build_command(install, tmp_path / "m", tmp_path / "b", TritonPorts(1, 2, 3), api_key="")
+    assert access.headers("k3y") == {"x-modelium-key": "k3y"} and access.headers("") == {}
+    assert access.new_key() != access.new_key() and len(access.new_key()) >= 40
+
+
+def test_scrub_argv_hides_the_key_from_ps(tmp_path: Path) -> None:
+    secret = access.new_key()
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", f"--x=h:{secret}"])
+    try:
+        deadline = time.monotonic() + 10
+        while secret not in Path(f"/proc/{child.pid}/cmdline").read_text() and time.monotonic() < deadline:
+            time.sleep(0.01)  # until the exec happened
+        assert access.scrub_argv(child.pid, secret)
+        cmdline = Path(f"/proc/{child.pid}/cmdline").read_bytes().split(b"\0")
+        assert cmdline[-2] == b"--x=h:" + b"*" * len(secret)  # same length, nothing else moved
+        assert child.poll() is None  # the process is unharmed
+    finally:
+        child.kill()
+        child.wait()
+    assert not access.scrub_argv(child.pid, secret)  # gone: says so (and logs), never raises
+
+
 def test_env_puts_libpython_venv_and_project_first(tmp_path: Path) -> None:
     install = _fake_install(tmp_path)
     base = {"PATH": "/usr/bin", "LD_LIBRARY_PATH": "/usr/lib", "PYTHONPATH": "/elsewhere",
             "PYTHONHOME": "/bad"}
-    env = build_env(base, install, project_root=Path("/proj"), cache_dir=tmp_path / "cache")
+    env = build_env({**base, "RAY_AUTH_TOKEN": "t", "VLLM_API_KEY": "k"}, install, project_root=Path("/proj"),
+                    cache_dir=tmp_path / "cache")
+    assert "RAY_AUTH_TOKEN" not in env and "VLLM_API_KEY" not in env  # other runtimes' secrets
     assert env["LD_LIBRARY_PATH"].split(os.pathsep) == ["/opt/py/lib", str(install.libs_dir), "/usr/lib"]
     assert env["PATH"].split(os.pathsep) == [str(install.python.parent), "/usr/bin"]
     assert env["PYTHONPATH"].split(os.pathsep) == ["/proj", "/elsewhere"]

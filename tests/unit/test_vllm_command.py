@@ -14,6 +14,7 @@ import pytest
 
 from modelium.config.settings import VllmModelSettings
 from modelium.runtimes.process import pdeathsig_command
+from modelium.runtimes.vllm.auth import GUARD_DIR
 from modelium.runtimes.vllm.command import build_command, build_env, served_dtype
 from modelium.runtimes.vllm.install import VllmInstall, probe, probe_with_reason, resolve_python
 
@@ -46,6 +47,8 @@ def test_cpu_command() -> None:
     assert "--gpu-memory-utilization" not in argv
     assert "--enable-sleep-mode" not in argv
     assert "--disable-log-requests" not in argv  # gone in vLLM 0.32 (requests are not logged)
+    assert _flag(argv, "--middleware") == "modelium_vllm_guard.KeyGuard"  # the key on every path
+    assert "--api-key" not in argv  # the key travels in the environment only
 
 
 def test_cpu_needs_a_kv_size() -> None:
@@ -92,6 +95,13 @@ def test_extra_args_come_last() -> None:
     assert argv[-4:] == ["--seed", "7", "--max-num-seqs", "2"]  # argparse keeps the last value
 
 
+@pytest.mark.parametrize("extra", [["--api-key", "mine"], ["--api-key=mine"]])
+def test_extra_args_cannot_set_the_key(extra: list[str]) -> None:
+    with pytest.raises(ValueError, match="--api-key"):
+        build_command(PY, "/m", "m", 1, SETTINGS, device_kind="cpu", gpu_memory_utilization=None,
+                      kv_cache_bytes=1, extra_args=extra)
+
+
 def test_unset_max_model_len_is_left_to_vllm() -> None:
     argv = build_command(PY, "/m", "m", 1, VllmModelSettings(max_model_len=None), device_kind="cpu",
                          gpu_memory_utilization=None, kv_cache_bytes=1)
@@ -128,8 +138,12 @@ def test_pdeathsig_wrapper_execs_the_command() -> None:
 
 def test_env_on_cpu(tmp_path: Path) -> None:
     base = {"PATH": "/bin", "MODELIUM_GATEWAY__PORT": "1", "MODELIUM_STATE_DIR": "/x",
-            "CUDA_VISIBLE_DEVICES": "0,1", "VLLM_SERVER_DEV_MODE": "1", "HOME": "/root"}
-    env = build_env(base, gpu_indices=[], cache_dir=tmp_path, enable_sleep_mode=False)
+            "CUDA_VISIBLE_DEVICES": "0,1", "VLLM_SERVER_DEV_MODE": "1", "HOME": "/root",
+            "VLLM_API_KEY": "inherited", "RAY_AUTH_TOKEN": "ray-secret", "PYTHONPATH": "/a:/b"}
+    env = build_env(base, gpu_indices=[], cache_dir=tmp_path, enable_sleep_mode=False, api_key="k3y")
+    assert env["VLLM_API_KEY"] == "k3y" and "RAY_AUTH_TOKEN" not in env  # its own key, nobody else's secret
+    assert env["PYTHONPATH"].split(os.pathsep) == [str(GUARD_DIR), "/a", "/b"]
+    assert sorted(p.name for p in GUARD_DIR.glob("*.py")) == ["modelium_vllm_guard.py"]  # nothing else leaks in
     assert not [k for k in env if k.startswith("MODELIUM_")]
     assert env["PATH"] == "/bin" and env["HOME"] == "/root"
     assert env["CUDA_VISIBLE_DEVICES"] == ""  # a CPU server must not take a GPU
@@ -143,10 +157,12 @@ def test_env_on_cpu(tmp_path: Path) -> None:
 
 def test_env_on_gpus_with_sleep_mode(tmp_path: Path) -> None:
     env = build_env({"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}, gpu_indices=[2, 3], cache_dir=tmp_path,
-                    enable_sleep_mode=True)
+                    enable_sleep_mode=True, api_key="k3y")
     assert env["CUDA_VISIBLE_DEVICES"] == "2,3"
     assert env["VLLM_SERVER_DEV_MODE"] == "1"
     assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in env
+    with pytest.raises(ValueError, match="key"):
+        build_env({}, gpu_indices=[], cache_dir=tmp_path, enable_sleep_mode=False, api_key="")
 
 
 # ---------------------------------------------------------------------- resolve_python / probe

@@ -2,7 +2,7 @@
 
 The fake is a small stdlib HTTP server speaking the few vLLM endpoints Modelium uses
 (``/health``, ``/v1/completions``, ``/v1/chat/completions``, ``/sleep``, ``/wake_up``,
-``/is_sleeping``). It can exit early, hang, ignore SIGTERM, fail to wake, and start a child in its process
+``/is_sleeping``), refusing calls without the server's ``VLLM_API_KEY`` as the guard does. It can exit early, hang, ignore SIGTERM, fail to wake, and start a child in its process
 group that outlives it (as vLLM's engine-core process outlives a SIGKILLed API server).
 For the manager it is installed as a fake ``vllm.entrypoints.openai.api_server`` module on
 PYTHONPATH, so the real command line is used. Real vLLM: tests/e2e/test_vllm_manager.py.
@@ -82,7 +82,15 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("content-length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
+    def authorized(self):  # like modelium_vllm_guard: the server's key on every path but /health
+        key = os.environ.get("VLLM_API_KEY")
+        if not key or urlparse(self.path).path == "/health" or self.headers.get("authorization") == "Bearer " + key:
+            return True
+        self.answer(401, {"error": "Unauthorized"})
+        return False
     def do_GET(self):
+        if not self.authorized():
+            return
         path = urlparse(self.path).path
         if path == "/health":
             self.answer(200, {})
@@ -91,6 +99,8 @@ class Handler(BaseHTTPRequestHandler):
         else:
             self.answer(404, {"detail": "Not Found"})
     def do_POST(self):
+        if not self.authorized():
+            return
         url = urlparse(self.path)
         body = json.loads(self.rfile.read(int(self.headers.get("content-length") or 0)) or b"{}")
         if record:
@@ -396,6 +406,12 @@ async def test_manager_load_infer_unload(tmp_path: Path, fake_vllm: Path, monkey
         assert cmd[cmd.index("--max-model-len") + 1] == "512"  # capped at the model's context
         assert cmd[-2:] == ["--seed", "1"]
         assert "MODELIUM_SECRET" not in psutil.Process(server.pid).environ()
+        key_a, key_b = (psutil.Process(manager.server_pid(n)).environ()["VLLM_API_KEY"] for n in ("a", "b"))
+        assert key_a != key_b and key_a not in " ".join(cmd)  # one key per server, never on its argv
+        assert manager.upstream_headers("a") == {"Authorization": f"Bearer {key_a}"}
+        assert manager.upstream_headers("nope") == {}
+        async with httpx.AsyncClient(trust_env=False) as client:  # the fake refuses like the guard
+            assert (await client.post(f"{manager.openai_base_url('a')}/v1/completions", json={})).status_code == 401
         assert (tmp_path / "state/vllm/logs/a.log").exists()
 
         assert await manager.infer("a", "hi", {}) == {

@@ -13,7 +13,9 @@
   (the daemon's event-loop thread), never in a short-lived worker thread;
 * every port Ray opens is chosen here (free ports, a private worker-port range), and the
   temp dir is private, so it never collides with another Ray on the machine. Never use
-  ``ray stop``: it kills every Ray process on the machine.
+  ``ray stop``: it kills every Ray process on the machine;
+* it runs with token authentication (:mod:`.auth`): its own random token, in its
+  environment only; no dashboard (``--include-dashboard false``: no Jobs API).
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from pathlib import Path
 
 import psutil
 
-from modelium.runtimes.process import LOOPBACK, free_ports, pdeathsig_command, port_is_free
+from modelium.runtimes.process import LOOPBACK, child_env, free_ports, pdeathsig_command, port_is_free
+from modelium.runtimes.ray_serve import auth
 from modelium.runtimes.ray_serve.deployment import LOOPBACK_ENV_VAR
 
 log = logging.getLogger(__name__)
@@ -38,9 +41,10 @@ log = logging.getLogger(__name__)
 #: Environment for every Ray process of the private cluster and for our driver.
 #: RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 is what keeps Ray on 127.0.0.1 (without it Ray swaps
 #: a loopback address for the eth0 address); it is read when ``ray`` is imported.
+#: Authentication is not here: see :mod:`.auth` (token for the private cluster; a joined
+#: cluster keeps the daemon's own settings).
 LOOPBACK_ENV = {
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-    "RAY_AUTH_MODE": "disabled",
     "RAY_USAGE_STATS_ENABLED": "0",
 }
 
@@ -107,8 +111,10 @@ class PrivateRayCluster:
         num_gpus: int,
         temp_dir: Path | None,
         reserved_ports: Iterable[int] = (),
+        auth_token: str | None = None,
     ) -> None:
         self.gcs_port = gcs_port
+        self.auth_token = auth_token or auth.new_token()  # never logged, never on argv
         self.num_cpus = num_cpus
         self.num_gpus = num_gpus
         self.owns_temp_dir = temp_dir is None
@@ -156,9 +162,11 @@ class PrivateRayCluster:
         return pdeathsig_command([sys.executable, "-m", "ray.scripts.scripts", *args])
 
     def environment(self) -> dict[str, str]:
-        env = dict(os.environ)
+        env = child_env(os.environ)
         env.pop("RAY_gcs_rpc_server_reconnect_timeout_s", None)  # the driver's setting, not the raylet's
         env.update(LOOPBACK_ENV)
+        env.pop(auth.TOKEN_PATH_ENV, None)
+        env.update(auth.cluster_env(self.auth_token))
         env["PYTHONUNBUFFERED"] = "1"
         env[LOOPBACK_ENV_VAR] = "1"  # see deployment.bind_replica_grpc_to_loopback (not MODELIUM_*: that prefix is config)
         # On SIGTERM `ray start --block` first drains the node for up to 30 s, waiting for

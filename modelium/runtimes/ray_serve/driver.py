@@ -79,6 +79,22 @@ def import_ray(loopback: bool) -> tuple[Any, Any]:
     return ray, serve
 
 
+async def delete_apps(serve: Any, names: list[str]) -> None:
+    """``serve.delete`` the apps in parallel; a failure is logged, not raised."""
+    results = await asyncio.gather(*(asyncio.to_thread(serve.delete, n) for n in names), return_exceptions=True)
+    for name, result in zip(names, results, strict=True):
+        if isinstance(result, BaseException):
+            log.warning("ray_serve: deleting app %s failed: %s", name, result)
+
+
+async def delete_quietly(serve: Any, name: str) -> None:
+    """Delete an app after a failed load (shielded from cancellation; failures logged)."""
+    try:
+        await asyncio.shield(asyncio.to_thread(serve.delete, name))
+    except Exception:  # noqa: BLE001
+        log.exception("ray_serve: could not delete app %s after a failed load", name)
+
+
 def reassert_python_signal_handlers() -> None:
     """Undo the C-level SIGTERM/SIGINT handlers ``ray.init`` installs (absl's failure
     handler: prints a stack trace on every SIGTERM before chaining to Python's).

@@ -40,6 +40,7 @@ from modelium.runtimes.base import (
     RuntimeManager,
     RuntimeUnavailableError,
 )
+from modelium.runtimes.ray_serve import auth
 from modelium.runtimes.ray_serve.adoption import adoption_blocker, make_fingerprint
 from modelium.runtimes.ray_serve.cluster import ClusterStartError, PrivateRayCluster, count_nvml_gpus, port_is_free
 from modelium.runtimes.ray_serve.deployment import ModelReplica
@@ -47,6 +48,8 @@ from modelium.runtimes.ray_serve.driver import (
     LIVE_APP_STATUSES,
     bad_request_in,
     classify_replica_error,
+    delete_apps,
+    delete_quietly,
     deployment_name,
     failure_message,
     import_ray,
@@ -166,6 +169,8 @@ class RayServeManager(RuntimeManager):
                 )
             self._owns_connection = False  # share the connection another manager made
             return
+        if self.cluster is not None:
+            auth.use_in_driver(self.cluster.auth_token)  # the private cluster's token (see .auth)
         try:
             ray.init(address=target, namespace=NAMESPACE, log_to_driver=False)
         except Exception as exc:  # noqa: BLE001 - Ray raises a zoo of types here
@@ -182,7 +187,7 @@ class RayServeManager(RuntimeManager):
                 return
             try:
                 if self._started and self._cluster_alive() and self._ray.is_initialized():
-                    await asyncio.wait_for(self._delete_apps(await self._apps_to_delete()), STOP_APPS_TIMEOUT_SECONDS)
+                    await asyncio.wait_for(delete_apps(self._serve, await self._apps_to_delete()), STOP_APPS_TIMEOUT_SECONDS)
                     if self.private:
                         await asyncio.wait_for(asyncio.to_thread(self._serve.shutdown), STOP_APPS_TIMEOUT_SECONDS)
             except Exception:  # noqa: BLE001 - keep going: the processes must still stop
@@ -208,6 +213,8 @@ class RayServeManager(RuntimeManager):
                 await asyncio.to_thread(self._ray.shutdown)
             except Exception:  # noqa: BLE001
                 log.exception("ray.shutdown failed")
+        if self.cluster is not None:
+            auth.forget_in_driver(self.cluster.auth_token)
         self._owns_connection = False
         await self._stop_cluster()
 
@@ -228,15 +235,6 @@ class RayServeManager(RuntimeManager):
             return sorted(self._ours)
         status = await self._status()
         return sorted(self._ours | set(our_apps(status)))
-
-    async def _delete_apps(self, names: list[str]) -> None:
-        if names:
-            results = await asyncio.gather(
-                *(asyncio.to_thread(self._serve.delete, n) for n in names), return_exceptions=True
-            )
-            for name, result in zip(names, results, strict=True):
-                if isinstance(result, BaseException):
-                    log.warning("ray_serve: deleting app %s failed: %s", name, result)
 
     # ------------------------------------------------------------------ models
 
@@ -311,7 +309,7 @@ class RayServeManager(RuntimeManager):
             await self._wait_running(name, timeout)
         except BaseException as exc:
             self._ours.discard(name)
-            await self._delete_quietly(name)
+            await delete_quietly(self._serve, name)
             if isinstance(exc, RuntimeLoadError):
                 raise
             if isinstance(exc, Exception):
@@ -334,12 +332,6 @@ class RayServeManager(RuntimeManager):
             if time.monotonic() >= deadline:
                 raise RuntimeLoadError(f"model {name!r} did not become ready in Ray Serve within {timeout:.0f}s (last status {last})")
             await asyncio.sleep(STATUS_POLL_SECONDS)
-
-    async def _delete_quietly(self, name: str) -> None:
-        try:
-            await asyncio.shield(asyncio.to_thread(self._serve.delete, name))
-        except Exception:  # noqa: BLE001
-            log.exception("ray_serve: could not delete app %s after a failed load", name)
 
     async def unload(self, name: str) -> None:
         self._handles.pop(name, None)

@@ -22,6 +22,9 @@ own readiness is asked (``GET /v2/models/NAME/ready``: 200 when READY, 400 other
 only a model Triton does not report READY is :class:`ModelNotLoadedError` (which makes the
 orchestrator count a crash and reload it). 400 is :class:`BadRequestError`; anything else
 is :class:`RuntimeUnavailableError` (the request failed, the model is not lost).
+
+Every call carries :attr:`TritonClient.headers` (Modelium's own server: the
+``x-modelium-key`` it asks for, see :mod:`.access`; an external server: none).
 """
 
 from __future__ import annotations
@@ -74,20 +77,32 @@ class TritonClient:
     """Repository and model calls against one Triton; ``base_url`` is asked on every call
     (a restarted own server listens on new ports)."""
 
-    def __init__(self, http: httpx.AsyncClient, base_url: Callable[[], str]) -> None:
+    def __init__(self, http: httpx.AsyncClient, base_url: Callable[[], str],
+                 headers: Callable[[], dict[str, str]] = dict) -> None:
         self.http = http
         self._base_url = base_url
+        self._headers = headers
 
     @property
     def base_url(self) -> str:
         return self._base_url()
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Asked on every call, like the URL: a restarted own server has a new key."""
+        return self._headers()
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One call to ``path`` with the server's headers (an infer, a metadata read)."""
+        return await self.http.request(method, f"{self.base_url}{path}", headers=self.headers, **kwargs)
 
     # ------------------------------------------------------------------ server
 
     async def server_ready(self) -> str | None:
         """None when ``GET /v2/health/ready`` answers 200, else what went wrong."""
         try:
-            response = await self.http.get(f"{self.base_url}/v2/health/ready", timeout=READY_TIMEOUT)
+            response = await self.http.get(f"{self.base_url}/v2/health/ready", headers=self.headers,
+                                           timeout=READY_TIMEOUT)
         except httpx.HTTPError as exc:
             return f"{type(exc).__name__}: {exc}"
         if response.status_code != 200:
@@ -102,13 +117,22 @@ class TritonClient:
                 raise RuntimeUnavailableError(f"Triton at {self.base_url} is not ready: {problem}")
             await asyncio.sleep(READY_POLL_INTERVAL)
 
+    async def metrics(self, url: str) -> str:
+        """Prometheus text from Triton's metrics port (not restricted); "" when it fails."""
+        try:
+            response = await self.http.get(url, timeout=10.0)
+        except httpx.HTTPError as exc:
+            log.debug("Triton metrics unavailable: %s", exc)
+            return ""
+        return response.text if response.status_code == 200 else ""
+
     # ------------------------------------------------------------------ repository
 
     async def index(self) -> list[dict[str, Any]]:
         """``POST /v2/repository/index``; RuntimeUnavailableError when it cannot be had."""
         try:
             response = await self.http.post(f"{self.base_url}/v2/repository/index", json={},
-                                            timeout=INDEX_TIMEOUT)
+                                            headers=self.headers, timeout=INDEX_TIMEOUT)
         except httpx.HTTPError as exc:
             raise RuntimeUnavailableError(f"Triton repository index failed: {type(exc).__name__}: {exc}") from exc
         if response.status_code != 200:
@@ -133,10 +157,12 @@ class TritonClient:
 
     async def load(self, name: str, timeout: float) -> httpx.Response:
         """Explicit mode: returns when the load finished or failed."""
-        return await self.http.post(f"{self.base_url}/v2/repository/models/{name}/load", json={}, timeout=timeout)
+        return await self.http.post(f"{self.base_url}/v2/repository/models/{name}/load", json={},
+                                    headers=self.headers, timeout=timeout)
 
     async def unload(self, name: str) -> httpx.Response:
-        return await self.http.post(f"{self.base_url}/v2/repository/models/{name}/unload", json={})
+        return await self.http.post(f"{self.base_url}/v2/repository/models/{name}/unload", json={},
+                                    headers=self.headers)
 
     async def unload_quietly(self, name: str) -> None:
         """Cleanup after a failed load: unload and wait, logging (not raising) failures."""
@@ -163,7 +189,8 @@ class TritonClient:
         """``GET /v2/models/NAME/ready``: True on 200, False on 400/404 ("Model version not
         ready"); RuntimeUnavailableError when Triton cannot be asked."""
         try:
-            response = await self.http.get(f"{self.base_url}/v2/models/{name}/ready", timeout=READY_TIMEOUT)
+            response = await self.http.get(f"{self.base_url}/v2/models/{name}/ready", headers=self.headers,
+                                           timeout=READY_TIMEOUT)
         except httpx.HTTPError as exc:
             raise RuntimeUnavailableError(f"Triton readiness of {name} unknown: {type(exc).__name__}: {exc}") from exc
         if response.status_code == 200:

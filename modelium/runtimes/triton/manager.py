@@ -14,6 +14,8 @@ Which server:
 
 Client: plain ``httpx`` against Triton's KServe-v2 HTTP/JSON API (:mod:`.client`, which
 also classifies Triton's answers by status code); tensors are mapped by :mod:`.codec`.
+The own server refuses every API but health without its ``x-modelium-key`` header, which
+the client sends on every call (:mod:`.access`); an external server gets no header.
 
 Load: the entry is written by ``model_repo.write_model_entry`` (config.pbtxt + ``1/``),
 then ``POST /v2/repository/models/NAME/load``; in explicit mode that call returns when the
@@ -135,7 +137,8 @@ class TritonManager(RuntimeManager):
                 timeout=_CLIENT_TIMEOUT, trust_env=False,
                 limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
             )
-            self._client = TritonClient(http, lambda: self.base_url)
+            self._client = TritonClient(http, lambda: self.base_url,  # headers: see .access
+                                        lambda: self._server.headers if self._server is not None else {})
         async with self._server_lock:
             if self.own_server:
                 if self._server is None or not self._server.alive:
@@ -377,12 +380,8 @@ class TritonManager(RuntimeManager):
             url = self.metrics_endpoint if "://" in self.metrics_endpoint else f"http://{self.metrics_endpoint}/metrics"
         else:
             return ""
-        try:
-            response = await self._require_client().http.get(url, timeout=10.0)
-        except (httpx.HTTPError, RuntimeUnavailableError) as exc:
-            log.debug("Triton metrics unavailable: %s", exc)
-            return ""
-        return response.text if response.status_code == 200 else ""
+        client = self._client
+        return await client.metrics(url) if client is not None and not client.http.is_closed else ""
 
     # ------------------------------------------------------------------ infer
 
@@ -409,7 +408,7 @@ class TritonManager(RuntimeManager):
             raise ModelNotLoadedError(self._exit_reasons.get(name) or "tritonserver is gone")
         client = self._require_client()
         try:
-            response = await client.http.request(method, f"{self.base_url}{path}", **kwargs)
+            response = await client.request(method, path, **kwargs)
         except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError) as exc:
             if self._server_dead():
                 self._note_server_exit()

@@ -7,6 +7,10 @@ guarantees, and why:
 
 * **Loopback only**: HTTP, gRPC and metrics are bound to 127.0.0.1 on free ports (without
   the address flags tritonserver binds 0.0.0.0).
+* **Closed to everyone but Modelium** (:mod:`.access`): every HTTP API but health needs
+  the header ``x-modelium-key`` with this server's own random value (:attr:`TritonServer.headers`,
+  a new one at each start), gRPC is off, and once the server answers the value is
+  overwritten in its command line.
 * **Nothing is orphaned.** The server runs in its own session (its process group holds the
   python-backend stub processes it forks, one per model instance) with a parent-death
   signal (``process.pdeathsig_command``), so it gets SIGTERM even when the daemon is
@@ -44,7 +48,8 @@ import httpx
 import psutil
 
 from modelium.runtimes.base import RuntimeUnavailableError
-from modelium.runtimes.process import LOOPBACK, free_ports, pdeathsig_command
+from modelium.runtimes.process import LOOPBACK, child_env, free_ports, pdeathsig_command
+from modelium.runtimes.triton import access
 from modelium.runtimes.triton.install import TritonInstall
 
 log = logging.getLogger(__name__)
@@ -89,7 +94,7 @@ def build_backend_dir(install: TritonInstall, dest: Path) -> Path:
 
 def build_command(
     install: TritonInstall, repository: Path, backend_dir: Path, ports: TritonPorts, *,
-    extra_args: Sequence[str] = (),
+    api_key: str, extra_args: Sequence[str] = (),
 ) -> list[str]:
     return [
         str(install.executable),
@@ -111,6 +116,7 @@ def build_command(
         "--strict-readiness=false",
         f"--exit-timeout-secs={EXIT_TIMEOUT}",  # SIGTERM: wait at most this for in-flight work
         "--log-verbose=0",
+        *access.restriction_args(api_key),
         *extra_args,
     ]
 
@@ -128,7 +134,7 @@ def _prepend(value: str | None, *folders: Path | str | None) -> str:
 
 def build_env(base: Mapping[str, str], install: TritonInstall, *, project_root: Path = PROJECT_ROOT,
               cache_dir: Path | None = None) -> dict[str, str]:
-    env = dict(base)
+    env = child_env(base)
     env.pop("PYTHONHOME", None)  # would point the stubs' embedded Python elsewhere
     env.pop("PYTHONSTARTUP", None)
     env["LD_LIBRARY_PATH"] = _prepend(env.get("LD_LIBRARY_PATH"), install.python_libdir, install.libs_dir)
@@ -158,6 +164,8 @@ class TritonServer:
         self.extra_args = list(extra_args)
         self.project_root = project_root
         self.ports: TritonPorts | None = None
+        self.api_key = ""  # the x-modelium-key value of this run (access.py); set by start()
+        self.argv_scrubbed = False
         self.command: list[str] = []
         self.env: dict[str, str] = {}
         self._process: subprocess.Popen[bytes] | None = None
@@ -174,6 +182,11 @@ class TritonServer:
     def base_url(self) -> str:
         assert self.ports is not None
         return f"http://{LOOPBACK}:{self.ports.http}"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """What every call to this server must carry."""
+        return access.headers(self.api_key)
 
     @property
     def metrics_url(self) -> str:
@@ -241,8 +254,9 @@ class TritonServer:
         build_backend_dir(self.install, self.backend_dir)
         http, grpc, metrics = free_ports(3)
         self.ports = TritonPorts(http, grpc, metrics)
+        self.api_key = access.new_key()
         self.command = build_command(self.install, self.repository, self.backend_dir, self.ports,
-                                     extra_args=self.extra_args)
+                                     api_key=self.api_key, extra_args=self.extra_args)
         self.env = build_env(os.environ, self.install, project_root=self.project_root,
                              cache_dir=self.work_dir / "cache")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -276,8 +290,11 @@ class TritonServer:
                         f"last log lines:\n{self.log_tail()}"
                     )
                 try:
-                    response = await client.get(f"{self.base_url}/v2/health/ready", timeout=2.0)
+                    response = await client.get(f"{self.base_url}/v2/health/ready", headers=self.headers,
+                                                timeout=2.0)
                     if response.status_code == 200 and self.alive:
+                        # It answers, so it has parsed its options: hide the key in its argv.
+                        self.argv_scrubbed = access.scrub_argv(self._process.pid, self.api_key)
                         self.ready = True
                         self.ready_seconds = time.monotonic() - (self.started_at or deadline)
                         log.info("tritonserver ready in %.2fs", self.ready_seconds)

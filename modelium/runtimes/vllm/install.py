@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from modelium.runtimes.process import child_env
+
 log = logging.getLogger(__name__)
 
 #: Where ``auto`` looks, relative to the project root.
@@ -109,7 +111,7 @@ def probe_with_reason(
         if cached is not None:
             return cached, f"vLLM {cached.version} ({cached.device}) at {python} (cached probe)"
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELIUM_")}
+    env = child_env(os.environ)
     env.update({"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
                 "PYTHONUNBUFFERED": "1"})
     if state_dir is not None:  # importing vLLM may create its cache dirs: keep them ours

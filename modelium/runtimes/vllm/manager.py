@@ -6,6 +6,10 @@ answers, ``unload`` stops it, ``loaded_models`` is the set of servers that becam
 and are still alive. The gateway talks OpenAI to :meth:`openai_base_url` directly
 (streaming included); :meth:`infer` is only the ``POST /predict`` adapter (:mod:`.predict`).
 
+Keys: each server gets its own random key (``auth.py``): in its environment
+(``VLLM_API_KEY``), on every call this manager makes, and handed to the gateway through
+:meth:`upstream_headers`; without it the server answers 401 on every path but ``/health``.
+
 Names: servers, ports and log files are keyed by the *instance key* (``LoadRequest.name``:
 ``NAME`` or ``NAME.REVn`` for a re-dropped version running beside the old one); vLLM's
 ``--served-model-name`` is the public name (``request.public_name``), the one clients
@@ -38,7 +42,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -61,7 +64,8 @@ from modelium.runtimes.vllm.command import build_command, build_env
 from modelium.runtimes.vllm.install import VllmInstall
 from modelium.runtimes.vllm.memory import PARK_RESIDUE_BYTES, launch_plan
 from modelium.runtimes.vllm.ports import NoFreePortError, PortAllocator
-from modelium.runtimes.vllm.server import LOG_TAIL_LINES, VllmServer
+from modelium.runtimes.vllm.auth import new_api_key
+from modelium.runtimes.vllm.server import LOG_TAIL_LINES, VllmServer, rotate_log
 from modelium.runtimes.vllm.strays import INSTANCE_ENV, kill_strays
 
 log = logging.getLogger(__name__)
@@ -173,7 +177,7 @@ class VllmManager(RuntimeManager):
             log.info("vLLM server for %s runs %s as %r on %s; restarting it for %s as %r on %s",
                      request.name, server.model_dir, server.served_name, server.device_id, *wanted)
             return False
-        if server.sleep_mode and (server.parked or await _asleep(server)):
+        if server.sleep_mode and (server.parked or await server.asleep()):
             try:
                 seconds = await server.wake()
             except Exception as exc:  # noqa: BLE001 - a server that cannot wake is replaced
@@ -217,14 +221,16 @@ class VllmManager(RuntimeManager):
         except ValueError as exc:
             self.ports.release(port)
             raise RuntimeLoadError(f"cannot build the vLLM command for {name}: {exc}") from exc
+        api_key = new_api_key()  # this server's own; in its environment, never on its argv
         env = build_env(os.environ, gpu_indices=plan.gpu_indices, cache_dir=self.cache_dir,
-                        enable_sleep_mode=plan.sleep_mode)
+                        enable_sleep_mode=plan.sleep_mode, api_key=api_key)
         env[INSTANCE_ENV] = name
         log_path = self._log_path(name)
-        _rotate(log_path)
+        rotate_log(log_path)
         server = VllmServer(name, command, env, log_path, port, client=self._client, cwd=self.work_dir,
                             served_name=request.public_name, model_dir=Path(request.model_dir),
-                            device_id=request.device.id, device_kind=device_kind, sleep_mode=plan.sleep_mode)
+                            device_id=request.device.id, device_kind=device_kind, sleep_mode=plan.sleep_mode,
+                            api_key=api_key)
         try:
             server.start()  # on this (the event-loop) thread: see the module doc
         except OSError as exc:
@@ -292,6 +298,11 @@ class VllmManager(RuntimeManager):
         server = self._servers.get(name)
         return server.base_url if server is not None and server.ready and server.alive else None
 
+    def upstream_headers(self, name: str) -> dict[str, str]:
+        """``Authorization: Bearer <the server's own key>`` (see ``auth.py``)."""
+        server = self._servers.get(name)
+        return server.headers if server is not None else {}
+
     def server_port(self, name: str) -> int | None:
         server = self._servers.get(name)
         return server.port if server is not None else None
@@ -353,7 +364,7 @@ class VllmManager(RuntimeManager):
         if self._client is None:
             raise RuntimeUnavailableError("the vLLM manager is not started")
         try:
-            response = await self._client.post(f"{server.base_url}{path}", json=body)
+            response = await self._client.post(f"{server.base_url}{path}", json=body, headers=server.headers)
         except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError) as exc:
             if not server.alive:
                 await self._forget(name, server)
@@ -393,20 +404,3 @@ class VllmManager(RuntimeManager):
     def _kill_strays(self) -> list[str]:
         return kill_strays(self.cache_dir / "vllm", (s.pid for s in self._servers.values() if s.pid is not None))
 
-
-async def _asleep(server: VllmServer) -> bool:
-    """vLLM's own word (``GET /is_sleeping``); a server that cannot answer counts as
-    asleep, so it gets a wake attempt (and is replaced when that fails too)."""
-    try:
-        return await server.is_sleeping()
-    except Exception:  # noqa: BLE001 - HTTP errors, non-JSON, 404 without dev mode
-        return True
-
-
-def _rotate(log_path: Path) -> None:
-    """Keep the previous run's log as NAME.prev.log; the tail then shows this run only."""
-    if log_path.exists():
-        try:
-            shutil.move(log_path, log_path.with_suffix(".prev.log"))
-        except OSError:
-            pass

@@ -23,6 +23,10 @@ unloaded by stopping that server. What this class guarantees, and why:
 
 stdout and stderr go to one log file per model (``state_dir/vllm/logs/NAME.log``), kept
 after the server stops so a crash can be read afterwards.
+
+Every call this class makes (``/health``, ``/sleep``, ``/wake_up``, ``/is_sleeping``)
+carries the server's own key (:attr:`VllmServer.headers`, see ``auth.py``); the server
+refuses calls without it on every path but ``GET /health``.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -41,6 +46,7 @@ import httpx
 
 from modelium.runtimes.base import RuntimeLoadError
 from modelium.runtimes.process import pdeathsig_command, port_accepts
+from modelium.runtimes.vllm.auth import bearer
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +79,7 @@ class VllmServer:
         device_id: str = "cpu",
         device_kind: str = "cpu",
         sleep_mode: bool = False,
+        api_key: str = "",
     ) -> None:
         self.name = name  # the instance key
         self.served_name = served_name or name  # --served-model-name: what requests must say
@@ -82,6 +89,7 @@ class VllmServer:
         self.sleep_mode = sleep_mode  # started with --enable-sleep-mode (parking possible)
         self.command = list(command)
         self.env = dict(env)
+        self.api_key = api_key  # this server's VLLM_API_KEY: only the manager holds it
         self.log_path = Path(log_path)
         self.port = port
         self.cwd = cwd
@@ -99,6 +107,11 @@ class VllmServer:
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """What every call to this server must carry (``{}`` for a server without a key)."""
+        return bearer(self.api_key) if self.api_key else {}
 
     @property
     def pid(self) -> int | None:
@@ -164,7 +177,8 @@ class VllmServer:
                     )
                 try:
                     if await port_accepts(self.port):  # cheap while vLLM is still importing
-                        response = await client.get(f"{self.base_url}/health", timeout=HEALTH_TIMEOUT)
+                        response = await client.get(f"{self.base_url}/health", headers=self.headers,
+                                                    timeout=HEALTH_TIMEOUT)
                         if response.status_code == 200 and self.alive:
                             self.ready = True
                             self.ready_seconds = time.monotonic() - (self.started_at or deadline)
@@ -263,7 +277,8 @@ class VllmServer:
 
     async def is_sleeping(self) -> bool:
         async with self._http() as client:
-            response = await client.get(f"{self.base_url}/is_sleeping", timeout=HEALTH_TIMEOUT)
+            response = await client.get(f"{self.base_url}/is_sleeping", headers=self.headers,
+                                        timeout=HEALTH_TIMEOUT)
             response.raise_for_status()
             return bool(response.json().get("is_sleeping"))
 
@@ -273,7 +288,8 @@ class VllmServer:
         started = time.monotonic()
         async with self._http() as client:
             try:
-                response = await client.post(f"{self.base_url}{path}", params=params, timeout=PARK_TIMEOUT)
+                response = await client.post(f"{self.base_url}{path}", params=params, headers=self.headers,
+                                             timeout=PARK_TIMEOUT)
             except httpx.HTTPError as exc:
                 raise RuntimeError(f"vLLM server for {self.name}: POST {path} failed: {exc!r}") from exc
         if response.status_code != 200:
@@ -285,8 +301,25 @@ class VllmServer:
             )
         return time.monotonic() - started
 
+    async def asleep(self) -> bool:
+        """vLLM's own word (``GET /is_sleeping``); a server that cannot answer counts as
+        asleep, so it gets a wake attempt (and is replaced when that fails too)."""
+        try:
+            return await self.is_sleeping()
+        except Exception:  # noqa: BLE001 - HTTP errors, non-JSON, 404 without dev mode
+            return True
+
     def _http(self) -> _ClientContext:
         return _ClientContext(self._client)
+
+
+def rotate_log(log_path: Path) -> None:
+    """Keep the previous run's log as NAME.prev.log; the tail then shows this run only."""
+    if log_path.exists():
+        try:
+            shutil.move(log_path, log_path.with_suffix(".prev.log"))
+        except OSError:
+            pass
 
 
 class _ClientContext:
