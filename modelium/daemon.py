@@ -182,7 +182,8 @@ class Daemon:
         server_task = asyncio.create_task(self._serve_gateway(server), name="gateway")
         watcher = DropWatcher(
             settings.incoming_dir,
-            DropHandler(orchestrator),
+            DropHandler(orchestrator, analysis_timeout_seconds=settings.discovery.analysis_timeout_seconds,
+                        max_files_per_drop=settings.discovery.max_files_per_drop),
             settle_seconds=settings.discovery.settle_seconds,
             rescan_interval_seconds=settings.discovery.rescan_interval_seconds,
             use_events=settings.discovery.use_events,

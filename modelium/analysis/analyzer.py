@@ -9,14 +9,23 @@ message tells the person who dropped the folder what to fix.
 
 from __future__ import annotations
 
-import json
-import re
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
 from modelium.analysis.config_formula import parameters_from_config
 from modelium.analysis.config_shape import ModelShape, read_shape, text_config
 from modelium.analysis.dtypes import DEFAULT_DTYPE, dtype_bytes, normalize_dtype
+from modelium.analysis.files import (
+    MAX_CONFIG_BYTES,
+    MAX_PBTXT_BYTES,
+    decode_utf8,
+    kind_of,
+    load_json_object,
+    read_bounded,
+)
+from modelium.analysis.pbtxt import PbtxtError, read_triton_config, triton_instance_count
 from modelium.analysis.profile import (
     FORMAT_CONFIG_ONLY,
     FORMAT_ONNX,
@@ -27,6 +36,8 @@ from modelium.analysis.profile import (
     ModelProfile,
 )
 from modelium.analysis.safetensors_header import SafetensorsCheckpoint, read_checkpoint
+
+__all__ = ["analyze_folder", "task_for", "triton_instance_count"]
 
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "merges.txt",
@@ -48,13 +59,25 @@ _EMBEDDING_SUFFIXES = ("embed_tokens.weight", "wte.weight", "word_embeddings.wei
 def analyze_folder(path: Path, name: str | None = None) -> ModelProfile:
     """Profile the model in `path`; `name` defaults to the folder name.
 
-    Raises InvalidModelError when the folder cannot be served as it is.
+    `path` may also be a single ``.onnx`` file: it is profiled as the folder the daemon
+    makes of a loose ``.onnx`` drop (named after the file). Only regular files are ever
+    read, each with a size bound (:mod:`.files`), so any folder gives a profile or an
+    InvalidModelError, and never blocks.
     """
     path = Path(path)
-    if not path.is_dir():
-        raise InvalidModelError(f"{path} is not a directory")
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise InvalidModelError(f"{path} cannot be read ({exc.strerror or exc})") from exc
+    if stat.S_ISREG(mode) and path.suffix.lower() == ".onnx":
+        return _onnx_profile(path, name or path.stem, None, [path])
+    if stat.S_ISREG(mode):
+        raise InvalidModelError(
+            f"{path} is a file; a model is a folder (or a single .onnx file)")
+    if not stat.S_ISDIR(mode):
+        raise InvalidModelError(f"{path} is {kind_of(mode)}, not a model folder")
     name = name or path.name
-    if (path / "config.pbtxt").is_file():
+    if os.path.lexists(path / "config.pbtxt"):
         return _triton_profile(path, name)
 
     config = _load_config(path)
@@ -82,21 +105,18 @@ def analyze_folder(path: Path, name: str | None = None) -> ModelProfile:
 def _load_config(folder: Path) -> dict[str, Any] | None:
     """config.json as a dict, None if absent; raises if present but unusable."""
     file = folder / "config.json"
-    if not file.exists():
+    if not os.path.lexists(file):
         return None
-    try:
-        config = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidModelError(f"config.json cannot be read ({exc})") from exc
-    except json.JSONDecodeError as exc:
-        raise InvalidModelError(f"config.json is not valid JSON ({exc})") from exc
-    if not isinstance(config, dict):
-        raise InvalidModelError("config.json must contain a JSON object")
+    config = load_json_object(file, MAX_CONFIG_BYTES, "config.json")
     archs = config.get("architectures")
     if archs is not None and not (
         isinstance(archs, list) and all(isinstance(a, str) for a in archs)
     ):
         raise InvalidModelError("config.json: 'architectures' must be a list of class names")
+    for key in ("model_type", "torch_dtype", "dtype"):
+        value = config.get(key)
+        if value is not None and not isinstance(value, str):
+            raise InvalidModelError(f"config.json: {key!r} must be a string, got {value!r:.60}")
     return config
 
 
@@ -164,23 +184,25 @@ def _kv_bytes_per_token(shape: ModelShape, task: str, dtype: str) -> int:
 
 
 def _check_embedding(checkpoint: SafetensorsCheckpoint, shape: ModelShape) -> None:
-    """The input embedding must be [vocab_size, embedding_dim] or the config is wrong."""
+    """The input embedding (and an untied LM head) must be [vocab_size, embedding_dim], or
+    config and weights do not belong together (a runtime would fail to load them)."""
     if shape.vocab_size is None or shape.embedding_dim is None:
         return
-    for suffix in _EMBEDDING_SUFFIXES:
-        matches = sorted((n for n in checkpoint.tensors if n.endswith(suffix)), key=len)
-        if not matches:
-            continue
-        tensor = checkpoint.tensors[matches[0]]
-        expected = (shape.vocab_size, shape.embedding_dim)
-        if len(tensor.shape) == 2 and tensor.dtype.startswith(("F", "BF")) and \
-                tensor.shape != expected:
-            raise InvalidModelError(
-                f"embedding {matches[0]} has shape {list(tensor.shape)} but config.json "
-                f"implies {list(expected)} (vocab_size x hidden size); config and weights "
-                "do not belong together"
-            )
-        return
+    expected = (shape.vocab_size, shape.embedding_dim)
+    for suffixes in (_EMBEDDING_SUFFIXES, ("lm_head.weight",)):
+        for suffix in suffixes:
+            matches = sorted((n for n in checkpoint.tensors if n.endswith(suffix)), key=len)
+            if not matches:
+                continue
+            tensor = checkpoint.tensors[matches[0]]
+            if len(tensor.shape) == 2 and tensor.dtype.startswith(("F", "BF")) and \
+                    tensor.shape != expected:
+                raise InvalidModelError(
+                    f"tensor {matches[0]} has shape {list(tensor.shape)} but config.json "
+                    f"implies {list(expected)} (vocab_size x hidden size); config and "
+                    "weights do not belong together"
+                )
+            break
 
 
 # --- profiles ------------------------------------------------------------------------------
@@ -212,6 +234,7 @@ def _hf_profile(
     dtype = _config_dtype(config)
     if checkpoint is not None:
         _check_embedding(checkpoint, shape)
+        warnings.extend(checkpoint.warnings)
         dtype = dtype or normalize_dtype(checkpoint.majority_dtype())
     if dtype is None:
         dtype = DEFAULT_DTYPE
@@ -284,19 +307,27 @@ def _onnx_profile(
 
 def _triton_profile(folder: Path, name: str) -> ModelProfile:
     """A Triton model repository entry: served as-is, sized by its version folders."""
-    text = (folder / "config.pbtxt").read_text(encoding="utf-8", errors="replace")
-    match = re.search(r'^\s*(?:platform|backend)\s*:\s*"([^"]+)"', text, re.MULTILINE)
+    text = decode_utf8(read_bounded(folder / "config.pbtxt", MAX_PBTXT_BYTES), "config.pbtxt")
+    try:
+        config = read_triton_config(text)
+    except PbtxtError as exc:
+        raise InvalidModelError(f"config.pbtxt cannot be parsed: {exc}") from exc
+    versions = [v for v in folder.iterdir()
+                if v.name.isdigit() and v.is_dir() and not v.is_symlink()]
+    if not versions:
+        raise InvalidModelError(
+            "config.pbtxt is there but no numeric version folder (e.g. 1/ holding the "
+            "model file); Triton needs at least one"
+        )
     weight_bytes = sum(
-        f.stat().st_size
-        for version in folder.iterdir() if version.is_dir() and version.name.isdigit()
-        for f in version.rglob("*") if f.is_file()
+        f.stat().st_size for version in versions for f in version.rglob("*") if f.is_file()
     )
     return ModelProfile(
         name=name,
         path=str(folder),
         format=FORMAT_TRITON,
         architecture=None,
-        model_type=match.group(1) if match else None,
+        model_type=config.backend,
         task="triton",
         parameters=0,
         weight_bytes=weight_bytes,
@@ -304,86 +335,5 @@ def _triton_profile(folder: Path, name: str) -> ModelProfile:
         parameters_source="unknown",
         has_tokenizer=_has_tokenizer(folder),
         warnings=("Triton model: parameters unknown; memory sized from version folders",),
-        instances=triton_instance_count(text),
+        instances=config.instances,
     )
-
-
-_INSTANCE_GROUP = re.compile(r"\binstance_group\s*:?\s*([\[{])")
-_COUNT = re.compile(r"\bcount\s*:\s*(\d+)")
-
-
-def triton_instance_count(config_text: str) -> int:
-    """Model instances a config.pbtxt asks Triton for: the ``count`` of every
-    ``instance_group`` entry summed (an entry without one counts 1, Triton's default); 1
-    without any. Each instance is a copy of the model (for the python backend a stub
-    process of its own), so the reservation scales with it. Only a group's own top-level
-    ``count`` is read, not the ones nested in its ``rate_limiter`` resources. A KIND_GPU
-    group listing several ``gpus`` makes ``count`` instances on *each*: not modelled,
-    Modelium places a model on one device."""
-    text = _strip_pbtxt_comments(config_text)
-    total = 0
-    for match in _INSTANCE_GROUP.finditer(text):
-        opening = match.group(1)
-        end = _matching_bracket(text, match.start(1))
-        inner = text[match.start(1) + 1:end]
-        bodies = _top_level_braces(inner) if opening == "[" else [inner]
-        for body in bodies:
-            found = _COUNT.search(_depth_zero(body))
-            total += int(found.group(1)) if found else 1
-    return max(1, total)
-
-
-def _strip_pbtxt_comments(text: str) -> str:
-    out = []
-    for line in text.splitlines():
-        quoted = False
-        for i, char in enumerate(line):
-            if char == '"':
-                quoted = not quoted
-            elif char == "#" and not quoted:
-                line = line[:i]
-                break
-        out.append(line)
-    return "\n".join(out)
-
-
-def _matching_bracket(text: str, start: int) -> int:
-    """Index of the bracket closing the one at ``start`` (len(text) if unbalanced)."""
-    depth = 0
-    for i in range(start, len(text)):
-        if text[i] in "[{":
-            depth += 1
-        elif text[i] in "]}":
-            depth -= 1
-            if depth == 0:
-                return i
-    return len(text)
-
-
-def _top_level_braces(text: str) -> list[str]:
-    bodies, depth, begin = [], 0, 0
-    for i, char in enumerate(text):
-        if char in "[{":
-            if depth == 0 and char == "{":
-                begin = i + 1
-            depth += 1
-        elif char in "]}":
-            depth -= 1
-            if depth == 0 and char == "}":
-                bodies.append(text[begin:i])
-    return bodies
-
-
-def _depth_zero(text: str) -> str:
-    """``text`` with every bracketed sub-block blanked out."""
-    out, depth = [], 0
-    for char in text:
-        if char in "[{":
-            depth += 1
-        elif char in "]}":
-            depth -= 1
-        elif depth == 0:
-            out.append(char)
-            continue
-        out.append(" ")
-    return "".join(out)

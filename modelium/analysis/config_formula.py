@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from modelium.analysis.config_shape import text_config
+from modelium.analysis.profile import InvalidModelError
 
 Config = dict[str, Any]
 
@@ -87,8 +88,9 @@ def _llama_style(cfg: Config, model_type: str, architecture: str = "") -> int:
     )
     dense_mlp = _gated_mlp(hidden, inner, bool(cfg.get("mlp_bias", False)))
     total = vocab * hidden + hidden  # embeddings + final norm
-    for layer in range(layers):
-        total += attention + norms * hidden + _moe_or_dense(cfg, model_type, layer, dense_mlp)
+    sparse, moe_block = _moe_layers(cfg, model_type, layers)
+    total += layers * (attention + norms * hidden) + (layers - sparse) * dense_mlp
+    total += sparse * moe_block
     return total + _decoder_head(cfg, architecture, model_type in ("gemma", "gemma2"))
 
 
@@ -106,24 +108,29 @@ def _decoder_head(cfg: Config, architecture: str, tied_by_default: bool) -> int:
     return 0 if _tied(cfg, default=tied_by_default) else vocab * hidden
 
 
-def _moe_or_dense(cfg: Config, model_type: str, layer: int, dense_mlp: int) -> int:
-    """Parameters of one layer's feed-forward block (router + experts for MoE layers)."""
+def _moe_layers(cfg: Config, model_type: str, layers: int) -> tuple[int, int]:
+    """(how many layers have a sparse MoE block, parameters of one such block: router +
+    experts). Counted in closed form, not layer by layer: a config claiming 2^31 layers
+    must cost no more time than a real one."""
     hidden = int(cfg["hidden_size"])
     experts = int(_get(cfg, "num_experts", "num_local_experts", default=0))
     if model_type == "mixtral":
-        return hidden * experts + experts * _gated_mlp(hidden, int(cfg["intermediate_size"]))
-    if model_type not in ("qwen2_moe", "qwen3_moe"):
-        return dense_mlp
+        return layers, hidden * experts + experts * _gated_mlp(hidden, int(cfg["intermediate_size"]))
+    if model_type not in ("qwen2_moe", "qwen3_moe") or experts <= 0:
+        return 0, 0
     step = int(cfg.get("decoder_sparse_step") or 1)
-    sparse = experts > 0 and layer not in (cfg.get("mlp_only_layers") or []) and (
-        (layer + 1) % step == 0
-    )
-    if not sparse:
-        return dense_mlp
+    if step <= 0:
+        raise ValueError(f"decoder_sparse_step must be positive, got {step}")
+    dense_only = cfg.get("mlp_only_layers") or []
+    if not isinstance(dense_only, list) or not all(
+        isinstance(n, int) and not isinstance(n, bool) for n in dense_only
+    ):
+        raise TypeError("mlp_only_layers must be a list of layer indices")
+    excluded = {n for n in dense_only if 0 <= n < layers and (n + 1) % step == 0}
     block = hidden * experts + experts * _gated_mlp(hidden, int(cfg["moe_intermediate_size"]))
     if model_type == "qwen2_moe":
         block += _gated_mlp(hidden, int(cfg["shared_expert_intermediate_size"])) + hidden
-    return block
+    return layers // step - len(excluded), block
 
 
 # --- GPT-2 and OPT: LayerNorm with bias, biased linears, learned positions ------------
@@ -317,14 +324,38 @@ def parameters_from_config(
         architecture = str(archs[0]) if archs else ""
     try:
         if model_type in _DECODER_TRAITS:
-            return _llama_style(cfg, model_type, architecture), []
+            return _bounded(_llama_style(cfg, model_type, architecture)), []
         if model_type in _FAMILIES:
-            return _FAMILIES[model_type](cfg, architecture), []
-    except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
-        return 0, [f"config.json lacks a size needed to count {model_type} parameters ({exc!r})"]
-    estimate = _generic_decoder(cfg, architecture)
+            return _bounded(_FAMILIES[model_type](cfg, architecture)), []
+    except (KeyError, TypeError, ValueError, ArithmeticError, AttributeError) as exc:
+        detail = f"{type(exc).__name__}: {exc}"[:120]
+        return 0, [f"config.json lacks a size needed to count {model_type} parameters ({detail})"]
+    try:
+        estimate = _generic_decoder(cfg, architecture)
+    except (KeyError, TypeError, ValueError, ArithmeticError, AttributeError):
+        estimate = None
     if estimate is None:
-        return 0, [f"cannot count parameters for model_type {model_type or '?'!r} from config"]
-    return estimate, [
-        f"parameter count for model_type {model_type or '?'!r} is a generic decoder estimate"
+        return 0, [f"cannot count parameters for model_type {model_type or '?'!r:.60} from config"]
+    return _bounded(estimate), [
+        f"parameter count for model_type {model_type or '?'!r:.60} is a generic decoder estimate"
     ]
+
+
+# 10^24 parameters is a trillion times the largest models: anything above comes from
+# absurd config values, and memory math on it would leave float range. Sizes merely
+# beyond the hardware stay below and are failed by the scheduler with the numbers.
+MAX_PARAMETERS = 10**24
+
+
+def _bounded(parameters: int) -> int:
+    if parameters < 0:
+        raise InvalidModelError(
+            "config.json sizes give a negative parameter count; check num_labels and the "
+            "other sizes"
+        )
+    if parameters > MAX_PARAMETERS:
+        raise InvalidModelError(
+            f"config.json sizes imply about 10^{len(str(parameters)) - 1} parameters, "
+            "beyond any real model; check hidden_size, intermediate_size and the layer count"
+        )
+    return parameters

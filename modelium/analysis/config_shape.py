@@ -19,6 +19,11 @@ _LAYERS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 _HEADS = ("num_attention_heads", "n_head", "num_heads", "n_heads")
 _INTERMEDIATE = ("intermediate_size", "n_inner", "ffn_dim", "d_ff", "hidden_dim")
 _CONTEXT = ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length")
+# No real model has a dimension, layer or head count anywhere near this (vocabularies are
+# ~10^6, contexts ~10^7); a bigger number is a typo or an attack, and the memory math
+# that multiplies these must stay in float range. A model that is merely too big for
+# the hardware passes and is failed by the scheduler with the numbers.
+MAX_DIMENSION = 2**31
 
 
 def text_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -54,9 +59,16 @@ def _int_field(config: dict[str, Any], keys: tuple[str, ...], strict: bool = Tru
     if isinstance(value, bool) or not isinstance(value, int):
         if not strict:
             return None
-        raise InvalidModelError(f"config.json: {name} must be an integer, got {value!r}")
+        raise InvalidModelError(f"config.json: {name} must be an integer, got {value!r:.60}")
     if value <= 0:
         raise InvalidModelError(f"config.json: {name} must be positive, got {value}")
+    if value > MAX_DIMENSION:
+        if not strict:
+            return None
+        raise InvalidModelError(
+            f"config.json: {name} is a {len(str(value))}-digit number, beyond any real "
+            "model (at most 2^31)"
+        )
     return value
 
 

@@ -68,17 +68,33 @@ def analyze(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
     config: ConfigOption = None,
 ) -> None:
-    """Profile a folder: what it is, which runtime and why, memory, where it would fit."""
+    """Profile a folder: what it is, which runtime and why, memory, where it would fit.
+
+    Exits 2 (one line) when the folder cannot be analysed, 1 (after the report) when the
+    model would not fit on any device even with nothing else loaded.
+    """
     from modelium.analysis import InvalidModelError
     from modelium.cli.report import analysis_report, render_report
 
     settings = _settings(config)
     try:
         report = analysis_report(path, settings)
-    except (InvalidModelError, ValueError) as exc:
-        typer.echo(f"cannot analyze {path}: {exc}", err=True)
+    except (InvalidModelError, ValueError, OSError) as exc:
+        typer.echo(f"cannot analyze {path}: {_one_line(exc)}", err=True)
+        raise typer.Exit(2) from exc
+    except Exception as exc:  # noqa: BLE001 - one line, never a traceback, even for a bug
+        typer.echo(f"cannot analyze {path}: unexpected {type(exc).__name__}: {_one_line(exc)}",
+                   err=True)
         raise typer.Exit(2) from exc
     typer.echo(json.dumps(report, indent=2) if as_json else render_report(report))
+    if not report["placement"]["fits"]:
+        raise typer.Exit(1)
+
+
+def _one_line(exc: BaseException) -> str:
+    """The reason on one line (the daemon's REASON.txt may list entries on several)."""
+    text = " ".join(str(exc).split())
+    return text[:2000] if text else type(exc).__name__
 
 
 @app.command()

@@ -6,10 +6,11 @@ daemon's answer (minus what other models already occupy).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
-from modelium.analysis import analyze_folder
+from modelium.analysis.isolated import check_drop
 from modelium.brain import choose_runtime, place
 from modelium.config import ModeliumSettings
 from modelium.discovery import sanitize_model_name
@@ -24,10 +25,13 @@ GIB = 1024**3
 def analysis_report(path: Path, settings: ModeliumSettings) -> dict[str, Any]:
     """Profile + runtime choice + memory estimate + placement, as one JSON-able dict.
 
-    Raises InvalidModelError (with the reason) for folders that cannot be served.
+    Raises InvalidModelError (with the reason) for folders that cannot be served. A
+    single ``.onnx`` file is analysed as the model the daemon makes of it.
     """
-    name = sanitize_model_name(path.resolve().name)
-    profile = analyze_folder(path, name)
+    resolved = Path(os.path.realpath(path))  # a link the user names is followed (never raises)
+    is_onnx_file = resolved.suffix.lower() == ".onnx" and resolved.is_file()
+    name = sanitize_model_name(resolved.stem if is_onnx_file else resolved.name)
+    profile = check_drop(resolved, name)  # the daemon's checks: entries, then the analyzer
     override = settings.override_for(name)
     unavailable: dict[str, str] = {}
     vllm_architectures = None

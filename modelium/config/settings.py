@@ -135,6 +135,13 @@ class DiscoverySettings(Section):
         "model.py files, pickled weights (*.bin, *.pt: unpickling can run code). false = "
         "quarantine them (safetensors, ONNX and native Triton models only).",
     )
+    analysis_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="Budget for checking and analysing one drop (in a child "
+        "process, killed after it); a drop that takes longer is quarantined.",
+    )
+    max_files_per_drop: int = Field(
+        default=20000, ge=1, description="A drop with more entries than this is quarantined.",
+    )
 
 
 class ModelOverride(Section):

@@ -4,6 +4,7 @@ Discovery only decides *when* a drop is complete and *where* it goes; whether a 
 valid model is decided by the callback the orchestrator passes to :class:`DropWatcher`.
 """
 
+from .entries import Entry, classify_entry
 from .filing import (
     REASON_FILE,
     commit_staged,
@@ -34,9 +35,11 @@ __all__ = [
     "REASON_FILE",
     "DropScan",
     "DropWatcher",
+    "Entry",
     "OnComplete",
     "SettleTracker",
     "Snapshot",
+    "classify_entry",
     "commit_staged",
     "file_into_repository",
     "find_unsafe_symlinks",

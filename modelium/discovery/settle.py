@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -59,75 +60,107 @@ class Snapshot:
 
 @dataclass(frozen=True)
 class DropScan:
-    """One look at a drop: its snapshot plus the two flags that override settling."""
+    """One look at a drop: its snapshot plus the two flags that override settling.
+
+    ``truncated``: the look stopped at its entry or time budget (a drop of tens of
+    thousands of files); the snapshot covers what was seen, which is enough to tell a
+    copy in progress from a finished one, and such a drop is refused once handed over.
+    """
 
     snapshot: Snapshot
     has_partial: bool
     ready: bool
+    truncated: bool = False
+
+
+# A settle scan looks at no more entries than this, and for no longer (seconds): the
+# watcher scans settling drops every poll, so one huge drop must stay cheap. Keep the
+# entry budget above the analysis' per-drop file limit, so a drop that is accepted is
+# always seen whole.
+MAX_SCAN_ENTRIES = 25_000
+MAX_SCAN_SECONDS = 2.0
 
 
 def list_drops(incoming: Path) -> dict[str, Path]:
-    """Map folder name -> path for every candidate drop directly under ``incoming``.
+    """Map entry name -> path for every candidate drop directly under ``incoming``.
 
-    Only real directories count: plain files and symlinks at the top level are ignored (a
-    symlinked folder would be filed as a link, not as the model), and hidden entries are left
-    alone entirely so tools can stage there (e.g. ``rsync --temp-dir``, our own temp dirs).
+    Every entry counts: folders, and also loose files, links and special files, which the
+    drop callback turns into a model (a loose ``.onnx``) or a quarantine with a reason
+    rather than silence. Hidden entries are left alone entirely so tools can stage there
+    (e.g. ``rsync --temp-dir``, our own temp dirs).
     """
-    drops: dict[str, Path] = {}
     try:
-        entries = list(os.scandir(incoming))
-    except FileNotFoundError:
-        return drops
-    for entry in entries:
-        if is_hidden(entry.name):
-            continue
-        try:
-            if entry.is_dir(follow_symlinks=False):
-                drops[entry.name] = Path(entry.path)
-        except OSError:
-            continue  # vanished between listing and stat
-    return drops
+        names = os.listdir(incoming)
+    except (FileNotFoundError, NotADirectoryError):
+        return {}
+    return {name: incoming / name for name in names if not is_hidden(name)}
 
 
-def scan_drop(drop: Path) -> DropScan | None:
-    """Snapshot ``drop``; None if it is gone (or is no longer a directory).
+def scan_drop(drop: Path, *, max_entries: int = MAX_SCAN_ENTRIES,
+              max_seconds: float = MAX_SCAN_SECONDS) -> DropScan | None:
+    """Snapshot ``drop``; None if it is gone.
 
-    Hidden files and folders inside the drop do not count towards the snapshot (tools keep
-    caches and lock files there), but they are still checked for partial-file names so an
-    rsync temp file ``.model.bin.a1B2c3`` keeps the drop open. Files that vanish mid-walk
-    are skipped: the resulting snapshot differs from the next one anyway, which restarts the
-    settle timer.
+    A folder is walked (iteratively, never following links, within ``max_entries`` and
+    ``max_seconds``); anything else (a loose file, a link, a FIFO) is its own snapshot,
+    from ``lstat`` alone. Hidden files and folders inside a drop do not count towards the
+    snapshot (tools keep caches and lock files there), but they are still checked for
+    partial-file names so an rsync temp file ``.model.bin.a1B2c3`` keeps the drop open.
+    Special files count by name only (their size and times say nothing about a copy, and
+    a FIFO someone writes to must not keep a drop from settling). Files that vanish
+    mid-walk are skipped: the resulting snapshot differs from the next one anyway, which
+    restarts the settle timer.
     """
-    if not drop.is_dir() or drop.is_symlink():
+    try:
+        top = os.lstat(drop)
+    except OSError:
         return None
-    file_count = 0
-    total_size = 0
-    newest = 0
+    if not stat.S_ISDIR(top.st_mode):
+        size, mtime = (top.st_size, top.st_mtime_ns) if stat.S_ISREG(top.st_mode) else (0, 0)
+        return DropScan(Snapshot(1, size, mtime, frozenset({drop.name})),
+                        has_partial=is_partial_name(drop.name), ready=False)
+    deadline = time.monotonic() + max_seconds
+    file_count = total_size = newest = seen = 0
     names: set[str] = set()
-    has_partial = False
-    for dirpath, dirnames, filenames in os.walk(drop, followlinks=False):
-        rel_dir = os.path.relpath(dirpath, drop)
-        in_hidden_dir = rel_dir != "." and any(is_hidden(p) for p in Path(rel_dir).parts)
-        for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+    has_partial = truncated = False
+    stack: list[tuple[str, str, bool]] = [(str(drop), "", False)]
+    while stack and not truncated:
+        folder, rel_dir, in_hidden_dir = stack.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = list(it)
+        except OSError:
+            continue  # vanished, or unreadable: the analysis will say so
+        for entry in entries:
+            seen += 1
+            if seen > max_entries or time.monotonic() > deadline:
+                truncated = True
+                break
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            name = entry.name
+            rel = name if not rel_dir else f"{rel_dir}/{name}"
+            hidden = in_hidden_dir or is_hidden(name)
+            if stat.S_ISDIR(st.st_mode):
+                stack.append((entry.path, rel, hidden))
+                continue
             if is_partial_name(name):
                 has_partial = True
-            if in_hidden_dir or is_hidden(name):
+            if hidden:
                 continue
-            try:
-                st = os.lstat(os.path.join(dirpath, name))
-            except FileNotFoundError:
-                continue
-            rel = name if rel_dir == "." else os.path.join(rel_dir, name)
             names.add(rel)
             file_count += 1
-            total_size += st.st_size
-            newest = max(newest, st.st_mtime_ns)
+            if stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
+                total_size += st.st_size
+                newest = max(newest, st.st_mtime_ns)
     if not drop.is_dir():
         return None
     return DropScan(
         snapshot=Snapshot(file_count, total_size, newest, frozenset(names)),
         has_partial=has_partial,
-        ready=(drop / READY_MARKER).is_file(),
+        ready=os.path.isfile(drop / READY_MARKER),
+        truncated=truncated,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import struct
 from pathlib import Path
 from typing import Any
@@ -164,3 +165,41 @@ def test_pytorch_bin_with_known_family_uses_formula(tmp_path: Path) -> None:
     (tmp_path / "pytorch_model.bin").write_bytes(b"\0" * 10)
     profile = analyze_folder(tmp_path)
     assert profile.parameters_source == "config-formula" and profile.parameters > 100_000
+
+
+def test_pbtxt_parser_reads_the_text_format_triton_accepts() -> None:
+    from modelium.analysis.pbtxt import parse_pbtxt, read_triton_config
+
+    text = '''
+    name: "m"  # a comment with { and "quotes"
+    platform: 'onnx' "runtime_onnx"
+    input < name: "x" data_type: TYPE_FP32 dims: [ -1, 4 ] >
+    input { name: "y"; dims: [1] },
+    parameters { key: "k" value: { string_value: "a#b" } }
+    [some.extension] { x: 1 }
+    optimization { execution_accelerators { cpu_execution_accelerator: [ { name: "openvino" } ] } }
+    instance_group [ { count: 2 }, { kind: KIND_CPU } ]
+    '''
+    message = parse_pbtxt(text)
+    assert message["name"] == ["m"] and message["platform"] == ["onnxruntime_onnx"]
+    assert [i["name"] for i in message["input"]] == [["x"], ["y"]]
+    assert message["parameters"][0]["value"][0]["string_value"] == ["a#b"]
+    assert read_triton_config(text).instances == 3 and read_triton_config(text).backend == "onnxruntime_onnx"
+
+
+@pytest.mark.parametrize("text, expected", [
+    ('name: "m', "line 1: an unterminated string"),
+    ("input [ { name: 1 } ", "line 1: the text ends in the middle of a field"),
+    ("input { name: 1 ", "a block is not closed"),
+    ("max_batch_size: 8 }", "expected a field name, found '}'"),
+    ("dims: [1 2]", "expected ',' or ']' in the list of 'dims'"),
+    ("name \"m\"", "expected ':' or '{' after field name 'name'"),
+    ("max_batch_size: lots", "max_batch_size must be an integer"),
+    ("instance_group: 3", "instance_group must be a block"),
+    ("x {" * 100 + "}" * 100, "nested more than 64 levels deep"),
+])
+def test_pbtxt_errors_say_where_and_what(text: str, expected: str) -> None:
+    from modelium.analysis.pbtxt import PbtxtError, read_triton_config
+
+    with pytest.raises(PbtxtError, match=re.escape(expected)):
+        read_triton_config(text)

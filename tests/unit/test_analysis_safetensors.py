@@ -105,3 +105,51 @@ def test_sharded_index(tmp_path: Path) -> None:
 
 def test_no_safetensors_returns_none(tmp_path: Path) -> None:
     assert read_checkpoint(tmp_path) is None
+
+
+def _sharded(tmp_path: Path, weight_map: dict[str, str]) -> None:
+    write_safetensors(tmp_path / "model-00001-of-00001.safetensors", {"a": ("F32", [2])})
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+
+
+def test_an_unlisted_file_that_is_not_a_shard_is_only_a_warning(tmp_path: Path) -> None:
+    # Mistral repositories ship consolidated.safetensors beside the shards: runtimes ignore it.
+    _sharded(tmp_path, {"a": "model-00001-of-00001.safetensors"})
+    write_safetensors(tmp_path / "consolidated.safetensors", {"a": ("F32", [2])})
+    checkpoint = read_checkpoint(tmp_path)
+    assert checkpoint is not None and len(checkpoint.files) == 1
+    assert checkpoint.warnings == ("consolidated.safetensors is not in model.safetensors.index.json and is ignored",)
+
+
+def test_an_index_naming_a_tensor_its_shard_lacks_is_refused(tmp_path: Path) -> None:
+    _sharded(tmp_path, {"a": "model-00001-of-00001.safetensors", "b": "model-00001-of-00001.safetensors"})
+    with pytest.raises(InvalidModelError, match="says tensor 'b' is in model-00001-of-00001.safetensors"):
+        read_checkpoint(tmp_path)
+
+
+@pytest.mark.parametrize("offsets, data, expected", [
+    ([[0, 8], [12, 20]], 20, "bytes 8..12 belong to no tensor"),
+    ([[0, 8], [8, 16]], 20, "the last 4 bytes belong to no tensor"),
+    ([[0, 8], [4, 12]], 12, "overlapping offsets"),
+])
+def test_offsets_must_tile_the_data(tmp_path: Path, offsets, data: int, expected: str) -> None:
+    file = tmp_path / "model.safetensors"
+    header = {f"t{i}": {"dtype": "F32", "shape": [2], "data_offsets": o} for i, o in enumerate(offsets)}
+    raw = json.dumps(header).encode()
+    file.write_bytes(struct.pack("<Q", len(raw)) + raw + b"\0" * data)
+    with pytest.raises(InvalidModelError, match=expected):
+        read_header(file)
+
+
+def test_unknown_dtypes_are_refused_not_sized_as_float32(tmp_path: Path) -> None:
+    file = tmp_path / "model.safetensors"
+    write_safetensors(file, {"w": ("Q4_K", [4])}, itemsize=4)
+    with pytest.raises(InvalidModelError, match="dtype 'Q4_K', which safetensors does not define"):
+        read_header(file)
+
+
+def test_sub_byte_dtypes_are_sized_by_bits(tmp_path: Path) -> None:
+    file = tmp_path / "model.safetensors"
+    raw = json.dumps({"w": {"dtype": "F4", "shape": [4, 2], "data_offsets": [0, 4]}}).encode()
+    file.write_bytes(struct.pack("<Q", len(raw)) + raw + b"\0" * 4)
+    assert read_header(file)["w"].nbytes == 4

@@ -34,12 +34,13 @@ def test_complete_names(name: str) -> None:
     assert not is_partial_name(name)
 
 
-def test_list_drops_ignores_hidden_files_and_symlinks(tmp_path: Path) -> None:
+def test_list_drops_lists_files_and_links_too_but_not_hidden_entries(tmp_path: Path) -> None:
+    # Loose files and links are drops as well: the callback serves or quarantines them.
     (tmp_path / "model-a").mkdir()
     (tmp_path / ".staging").mkdir()
     write(tmp_path / "stray.bin")
     (tmp_path / "link").symlink_to(tmp_path / "model-a")
-    assert list(list_drops(tmp_path)) == ["model-a"]
+    assert sorted(list_drops(tmp_path)) == ["link", "model-a", "stray.bin"]
     assert list_drops(tmp_path / "missing") == {}
 
 

@@ -126,15 +126,17 @@ async def test_partial_file_blocks_until_renamed(tmp_path: Path) -> None:
 
 
 @pytest.mark.asyncio
-async def test_hidden_and_plain_top_level_entries_are_ignored(tmp_path: Path) -> None:
+async def test_hidden_entries_are_ignored_but_loose_files_are_handed_over(tmp_path: Path) -> None:
+    # A loose file is a drop too (the callback serves a .onnx, quarantines the rest).
     incoming = tmp_path / "incoming"
     recorder = Recorder()
     async with Running(make_watcher(incoming, recorder, settle_seconds=0.2)):
         (incoming / ".staging").mkdir()
         (incoming / ".staging" / "w.bin").write_text("w")
         (incoming / "stray.bin").write_text("w")
+        (incoming / "half.onnx.part").write_text("w")  # still downloading: not yet
         await asyncio.sleep(1.2)
-    assert recorder.calls == []
+    assert recorder.names == ["stray.bin"]
 
 
 @pytest.mark.asyncio
