@@ -52,6 +52,7 @@ class Runtimes:
     managers: dict[str, RuntimeManager] = field(default_factory=dict)
     unavailable: dict[str, str] = field(default_factory=dict)  # runtime -> why not
     vllm_architectures: frozenset[str] | None = None
+    triton_backends: frozenset[str] | None = None  # what the own tritonserver can load
 
 
 def build_runtimes(settings: ModeliumSettings) -> Runtimes:
@@ -117,6 +118,9 @@ def _add_triton(settings: ModeliumSettings, runtimes: Runtimes) -> None:
             "PATH and .venvs/triton is missing: `make serve` creates it)"
         )
         return
+    if triton.endpoint == "auto":
+        runtimes.triton_backends = install.backends
+        log.info("triton: %s with backends %s", install.executable, ", ".join(sorted(install.backends)))
     runtimes.managers["triton"] = TritonManager(
         install=install,
         state_dir=settings.state_dir,
@@ -166,6 +170,7 @@ class Daemon:
         orchestrator = Orchestrator(settings, runtimes.managers, inventory, MemoryLedger(), metrics,
                                     vllm_architectures=runtimes.vllm_architectures,
                                     unavailable=runtimes.unavailable,
+                                    triton_backends=runtimes.triton_backends,
                                     metric_source=metric_source,
                                     store=StateStore.in_state_dir(settings.state_dir))
         log.info("devices: %s", ", ".join(f"{d.id} ({d.name}, {d.total_bytes / 2**30:.1f} GiB)"
@@ -178,6 +183,7 @@ class Daemon:
         server = _GatewayServer(uvicorn.Config(
             create_app(orchestrator, metrics), host=settings.gateway.host,
             port=settings.gateway.port, log_config=None, access_log=False,
+            http="httptools",  # C parser; the loop is uvloop, made by serve() below
         ))
         server_task = asyncio.create_task(self._serve_gateway(server), name="gateway")
         watcher = DropWatcher(
@@ -253,4 +259,12 @@ class Daemon:
 
 
 def serve(settings: ModeliumSettings) -> int:
-    return asyncio.run(Daemon(settings).run())
+    # uvloop: the gateway relays every streamed token, and uvloop's loop costs far less per
+    # read and write than asyncio's (docs/benchmarks.md, the relay). uvicorn's own `loop`
+    # setting only applies when uvicorn makes the loop; here the daemon does.
+    try:
+        import uvloop
+    except ImportError:  # uvicorn[standard] brings it, except where it does not build
+        return asyncio.run(Daemon(settings).run())
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(Daemon(settings).run())

@@ -16,6 +16,7 @@ from modelium.brain.decisions import (
     RUNTIME_VLLM,
     RuntimeChoice,
 )
+from modelium.brain.triton_backends import missing_backend, onnx_route
 
 TRITON_NATIVE_FORMATS = (FORMAT_ONNX, FORMAT_TRITON)
 
@@ -49,14 +50,22 @@ def choose_runtime(
     override: str = "auto",
     vllm_architectures: Collection[str] | None = None,
     unavailable: Mapping[str, str] | None = None,
+    triton_backends: Collection[str] | None = None,
 ) -> RuntimeChoice:
     """Apply the ordered rules: override, Triton-native formats, causal LMs, other HF models.
 
     ``unavailable`` maps a runtime that is enabled but cannot be used here to why
     (e.g. "vllm is enabled but not installed ..."); that text becomes part of the reason.
+    ``triton_backends``: the backends the located tritonserver has (None: not known, e.g.
+    an external server); a ``config.pbtxt`` folder whose backend is not among them gets no
+    runtime, with a reason naming the backend and how to get it.
     """
     usable = {r for r in enabled if r in implemented and r not in (unavailable or {})}
     about = _describe(profile)
+    if profile.format == FORMAT_TRITON and RUNTIME_TRITON in usable and override in ("auto", RUNTIME_TRITON):
+        lacking = missing_backend(profile.model_type, triton_backends)
+        if lacking is not None:
+            return RuntimeChoice(None, f"{profile.format} {about}: {lacking}", "no-runtime")
 
     if override != "auto":
         if override in usable:
@@ -74,7 +83,9 @@ def choose_runtime(
         if RUNTIME_TRITON in usable:
             return RuntimeChoice(
                 RUNTIME_TRITON,
-                f"{profile.format} {about} -> triton: Triton serves this format natively",
+                f"{profile.format} {about} -> triton: "
+                + (onnx_route(triton_backends) if profile.format == FORMAT_ONNX
+                   else "Triton loads the folder's own config.pbtxt with the backend it names"),
                 "triton-native",
             )
         why = _why_unusable(RUNTIME_TRITON, enabled, implemented, unavailable)

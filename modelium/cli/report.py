@@ -35,6 +35,7 @@ def analysis_report(path: Path, settings: ModeliumSettings) -> dict[str, Any]:
     override = settings.override_for(name)
     unavailable: dict[str, str] = {}
     vllm_architectures = None
+    triton_backends: frozenset[str] | None = None
     if settings.vllm.enabled:
         install, why = locate(settings.vllm.python, state_dir=settings.state_dir)
         if install is None:
@@ -45,11 +46,15 @@ def analysis_report(path: Path, settings: ModeliumSettings) -> dict[str, Any]:
         from modelium.runtimes.triton.install import locate_tritonserver
         from modelium.runtimes.triton.server import PROJECT_ROOT
 
-        if locate_tritonserver(settings.triton.executable, PROJECT_ROOT) is None:
+        triton_install = locate_tritonserver(settings.triton.executable, PROJECT_ROOT)
+        if triton_install is None:
             unavailable["triton"] = "triton is enabled but no tritonserver was found (`make triton`)"
+        elif settings.triton.endpoint == "auto":
+            triton_backends = triton_install.backends
     choice = choose_runtime(profile, enabled=settings.enabled_runtimes(),
                             implemented=IMPLEMENTED_RUNTIMES, override=override.runtime,
-                            vllm_architectures=vllm_architectures, unavailable=unavailable)
+                            vllm_architectures=vllm_architectures, unavailable=unavailable,
+                            triton_backends=triton_backends)
     inventory = detect_inventory(settings.gpus)
     memory, _ = size_for_runtime(profile, choice.runtime, settings, override,
                                  device_kind="gpu" if inventory.has_gpu else "cpu")

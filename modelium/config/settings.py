@@ -35,6 +35,7 @@ from modelium.config.base import (
     reject_empty_path,
     resolve_path,
 )
+from modelium.config.jobs_settings import JobsSettings
 from modelium.config.orchestration_settings import OrchestrationSettings, SchedulerSettings
 from modelium.config.runtime_settings import (
     RaySettings,
@@ -45,7 +46,7 @@ from modelium.config.runtime_settings import (
 )
 
 __all__ = [
-    "ConfigProblems", "DiscoverySettings", "GatewaySettings", "GpuSpec", "MetricsSettings",
+    "ConfigProblems", "DiscoverySettings", "GatewaySettings", "GpuSpec", "JobsSettings", "MetricsSettings",
     "ModelOverride", "ModeliumSettings", "OrchestrationSettings", "RaySettings",
     "SchedulerSettings", "TritonSettings", "VllmModelOverride", "VllmModelSettings",
     "VllmSettings",
@@ -178,7 +179,7 @@ class ModelOverride(Section):
     )
 
 
-_SECTIONS = ("gateway", "ray", "vllm", "triton", "orchestration", "metrics", "discovery", "models")
+_SECTIONS = ("gateway", "ray", "vllm", "triton", "orchestration", "jobs", "metrics", "discovery", "models")
 _DIRS = ("incoming_dir", "model_repository", "failed_dir", "state_dir")
 _LOOPBACK = {"127.0.0.1", "localhost", "0.0.0.0", "::1", "[::1]", "::"}  # for port clashes
 _LOOPBACK_BINDS = {"127.0.0.1", "localhost", "::1", "[::1]"}  # what only this machine reaches
@@ -226,6 +227,7 @@ class ModeliumSettings(Section):
     vllm: VllmSettings = Field(default_factory=VllmSettings)
     triton: TritonSettings = Field(default_factory=TritonSettings)
     orchestration: OrchestrationSettings = Field(default_factory=OrchestrationSettings)
+    jobs: JobsSettings = Field(default_factory=JobsSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     discovery: DiscoverySettings = Field(default_factory=DiscoverySettings)
     models: dict[str, ModelOverride] = Field(

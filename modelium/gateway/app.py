@@ -27,10 +27,13 @@ from modelium.gateway.errors import (
     describe_problem,
     error_response,
     map_error,
-    new_request_id,
     status_label,
 )
+from modelium.gateway.embeddings import add_embeddings_routes
+from modelium.gateway.jobs import add_job_routes
+from modelium.gateway.kserve import add_kserve_routes
 from modelium.gateway.limits import BodyLimit, ClientGone, check_batch, unless_client_leaves
+from modelium.gateway.request_ids import RequestIds, current_request_id, new_request_id
 from modelium.gateway.request_options import request_options
 from modelium.gateway.schemas import PredictRequest
 from modelium.metrics import ModeliumMetrics
@@ -70,6 +73,7 @@ def create_app(
 
     app = FastAPI(title="Modelium", version=__version__, lifespan=lifespan)
     app.add_middleware(BodyLimit, max_bytes=settings.gateway.max_body_bytes)
+    app.add_middleware(RequestIds)  # added last: outermost, so even a 413 carries the id
     authorized = Depends(api_key_checker(settings.gateway.api_keys))
     gateway = settings.gateway
 
@@ -187,7 +191,7 @@ def create_app(
 
     @app.post("/predict/{name}", dependencies=[authorized])
     async def predict(name: str, body: PredictRequest, request: Request) -> Any:
-        request_id = new_request_id()
+        request_id = current_request_id() or new_request_id()  # the X-Request-ID answered
         started = time.perf_counter()
         runtime = "none"
         try:
@@ -220,6 +224,9 @@ def create_app(
             "request_id": request_id,
         }
 
+    add_kserve_routes(app, orchestrator, metrics, dependencies=[authorized])
+    add_job_routes(app, orchestrator, dependencies=[authorized])
+    add_embeddings_routes(app, orchestrator, metrics, upstream, dependencies=[authorized])  # /v1/models: before openai's
     add_openai_routes(app, orchestrator, metrics, upstream, dependencies=[authorized])
     return app
 

@@ -4,18 +4,20 @@
 the known models, 422 naming the field, 409 with the model's failure reason, 413, 429 and
 503 with a computed Retry-After, 504 after the request timeout). Server-side failures
 (runtime errors, bugs) never echo exception internals to the client: the body carries the
-request id, and the detail goes to the log under that id.
+request id, and the detail goes to the log under that id. Every error body carries the
+request's id (``error.request_id``, the one of the ``X-Request-ID`` header: see
+:mod:`.request_ids`).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import uuid
 from typing import Any
 
 from fastapi.responses import JSONResponse
 
+from modelium.gateway.request_ids import current_request_id, new_request_id
 from modelium.orchestrator import (
     LoadTimeoutError,
     ModelFailedError,
@@ -36,16 +38,15 @@ BODY_HINT = 'expected a JSON body like {"inputs": "text" or ["text", ...], "para
 CLIENT_GONE_STATUS = 499  # nginx's "client closed request": nobody reads it
 
 
-def new_request_id() -> str:
-    return uuid.uuid4().hex[:16]
-
-
 def error_response(
     status: int, error_type: str, message: str, *, headers: dict[str, str] | None = None, **extra: Any
 ) -> JSONResponse:
     headers = dict(headers or {})
     if status == 503:
         headers.setdefault("Retry-After", RETRY_AFTER_SECONDS)
+    request_id = current_request_id()
+    if request_id is not None:
+        extra.setdefault("request_id", request_id)
     return JSONResponse(
         status_code=status,
         content={"error": {"type": error_type, "message": message, **extra}},
@@ -76,7 +77,7 @@ def map_error(exc: Exception, request_id: str | None = None) -> JSONResponse:
                               headers={"Retry-After": _retry_after(exc, RETRY_AFTER_SECONDS)})
     if isinstance(exc, RequestTimeoutError):
         return error_response(504, "timeout", exc.message)
-    request_id = request_id or new_request_id()
+    request_id = request_id or current_request_id() or new_request_id()
     if isinstance(exc, (RuntimeUnavailableError, ModelNotLoadedError)):
         log.warning("request %s: runtime unavailable: %s", request_id, exc, extra={"request_id": request_id})
         return error_response(503, "runtime_unavailable",

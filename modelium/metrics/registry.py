@@ -25,6 +25,7 @@ from prometheus_client import (
 from prometheus_client import start_http_server as _prom_start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from modelium.metrics.jobs import JobMetrics
 from modelium.metrics.scheduling import SchedulingMetrics
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -166,6 +167,7 @@ class ModeliumMetrics:
         )
         r.register(_ScrapeTimeCollector(self))
         self.scheduling = SchedulingMetrics(r, clock)
+        self.jobs = JobMetrics(r)
         self.activity = self.scheduling.activity
 
     # --- scheduling -------------------------------------------------------------------

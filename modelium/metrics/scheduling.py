@@ -81,13 +81,13 @@ class SchedulingMetrics:
             "modelium_drain_seconds", "From marking a model draining to its unload starting",
             buckets=WAIT_BUCKETS, registry=registry,
         )
-        self.queue_depth: Callable[[], Mapping[str, int]] = dict
+        self.queue_depth: Callable[[], Mapping[str, Mapping[str, int]]] = dict
         self.model_memory: Callable[[], Mapping[str, Mapping[str, int]]] = dict
         registry.register(_Collector(self))
 
-    def set_views(self, queue_depth: Callable[[], Mapping[str, int]],
+    def set_views(self, queue_depth: Callable[[], Mapping[str, Mapping[str, int]]],
                   model_memory: Callable[[], Mapping[str, Mapping[str, int]]]) -> None:
-        """``queue_depth()``: model -> waiting requests; ``model_memory()``: model ->
+        """``queue_depth()``: model -> {priority: waiting requests}; ``model_memory()``: model ->
         {"estimate"|"reserved"|"measured": bytes}."""
         self.queue_depth, self.model_memory = queue_depth, model_memory
 
@@ -106,10 +106,12 @@ class _Collector:
         for (device, activity), value in sorted(owner.activity.seconds().items()):
             seconds.add_metric([device, activity], value)
         yield seconds
-        depth = GaugeMetricFamily("modelium_queue_depth", "Requests waiting in the model's queue",
-                                  labels=["model"])
-        for model, count in sorted(_safe(owner.queue_depth).items()):
-            depth.add_metric([model], count)
+        depth = GaugeMetricFamily("modelium_queue_depth", "Requests waiting in the model's queue, by "
+                                  "priority (X-Priority / a job's priority; sum by model for the total)",
+                                  labels=["model", "priority"])
+        for model, by_priority in sorted(_safe(owner.queue_depth).items()):
+            for priority, count in by_priority.items():
+                depth.add_metric([model, priority], count)
         yield depth
         memory = GaugeMetricFamily(
             "modelium_model_memory_bytes", "Memory of a model: the estimate, what the ledger "

@@ -23,6 +23,7 @@ import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from modelium.logs import current_request_id
 from modelium.orchestrator.errors import LoadTimeoutError, TooManyRequestsError
 
 
@@ -48,6 +49,8 @@ class Waiter:
     enqueued_at: float = field(compare=False)
     deadline: float = field(compare=False)
     future: asyncio.Future[Lease] = field(compare=False, repr=False)
+    #: The request waiting (its X-Request-ID): a load it triggers logs under it.
+    request_id: str | None = field(default=None, compare=False)
 
     @property
     def live(self) -> bool:
@@ -141,7 +144,7 @@ class Admission:
                 retry_after=retry_after() if retry_after else None,
             )
         waiter = Waiter(int(priority), next(self._seq), now, deadline,
-                        asyncio.get_running_loop().create_future())
+                        asyncio.get_running_loop().create_future(), current_request_id())
         heapq.heappush(gate.queue, waiter)
         self.on_change(name)
         try:
@@ -210,6 +213,18 @@ class Admission:
     def waiters(self, name: str) -> list[Waiter]:
         gate = self._gates.get(name)
         return gate.live_waiters() if gate else []
+
+    def position(self, name: str, request_id: str) -> int | None:
+        """1-based place in ``name``'s queue of the request ``request_id`` (None: not queued)."""
+        ahead = sorted(self.waiters(name))
+        return next((i + 1 for i, w in enumerate(ahead) if w.request_id == request_id), None)
+
+    def depth_by_priority(self, name: str) -> dict[Priority, int]:
+        """Live waiters of ``name`` per priority (every priority present, 0 when none)."""
+        depth = dict.fromkeys(Priority, 0)
+        for waiter in self.waiters(name):
+            depth[Priority(waiter.priority)] += 1
+        return depth
 
     def in_flight(self, name: str, instance: str | None = None) -> int:
         gate = self._gates.get(name)

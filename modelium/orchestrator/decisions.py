@@ -13,6 +13,7 @@ import logging
 import time
 from typing import Any
 
+from modelium.logs import current_request_id
 from modelium.metrics import ModeliumMetrics
 
 log = logging.getLogger("modelium.orchestrator")
@@ -31,6 +32,9 @@ class DecisionLog:
                                  "reason_code": reason_code, "reason": reason}
         if numbers is not None:
             entry["numbers"] = numbers
+        request_id = current_request_id()
+        if request_id is not None:  # the request this decision was made for (a load it caused)
+            entry["request_id"] = request_id
         self.entries.append(entry)
         self._metrics.count_decision(action, reason_code)
         log.info("decision %s %s: %s", action, model, reason,

@@ -44,6 +44,8 @@ from modelium.orchestrator.errors import (
     RequestTimeoutError,
     TooManyRequestsError,
 )
+from modelium.orchestrator.jobs import PREDICT, Jobs, JobStore
+from modelium.orchestrator.jobs.executors import predict_executor
 from modelium.orchestrator.records import ModelRecord, ModelState, ema
 from modelium.orchestrator.registration import Registrar
 from modelium.orchestrator.replacement import Replacer
@@ -89,6 +91,7 @@ class Orchestrator:
         analyze: Callable[[Path, str], ModelProfile] = analyze_folder,
         vllm_architectures: frozenset[str] | None = None,
         unavailable: Mapping[str, str] | None = None,
+        triton_backends: frozenset[str] | None = None,
         metric_source: MetricSource | None = None,
         store: StateStore | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -114,7 +117,8 @@ class Orchestrator:
             on_wait=metrics.observe_queue_wait,
         )
         planner = RuntimePlanner(settings, self.managers, inventory,
-                                 vllm_architectures=vllm_architectures, unavailable=unavailable)
+                                 vllm_architectures=vllm_architectures, unavailable=unavailable,
+                                 triton_backends=triton_backends)
         self.ctx = Context(settings, self.table, ledger, self.admission, self.managers, inventory,
                            metrics, self.decisions, planner, self.metric_source, clock)
         self.scheduler = Scheduler(self.ctx)
@@ -125,6 +129,8 @@ class Orchestrator:
         self.registrar = Registrar(self.ctx, self.scheduler, self.store, analyze)
         self.replacer = Replacer(self.ctx, self.scheduler, self.registrar)
         self.table.add_listener(lambda record, _old: self.store.save(record))
+        self.jobs = Jobs(settings.jobs, JobStore(self.store.connection), metrics.jobs,
+                         executors={PREDICT: predict_executor(self)}, queue_position=self.admission.position)
         metrics.scheduling.set_views(self._queue_depths, self._model_memory)
         self.quarantined: deque[dict[str, Any]] = deque(maxlen=100)
         self.ready = False  # set once runtimes are up and the repository is registered
@@ -153,12 +159,14 @@ class Orchestrator:
         await self.registrar.adopt()
         self.ready = True
         self.registrar.restore(plan)
+        self.jobs.start()  # after the restore: jobs queue behind what the user had
         log.info("orchestrator started", extra={"models": len(self.table)})
 
     async def stop(self) -> None:
         """Stop deciding, cancel running actions, stop every runtime (in parallel). The
         store keeps what was resident, so the next start loads it again."""
         self.ready = False
+        await self.jobs.stop()  # running jobs stay "running" in the store: they run again
         self.scheduler.stop()
         for task in list(self.scheduler.actions.tasks) + list(self.replacer.tasks):
             task.cancel()
@@ -367,8 +375,9 @@ class Orchestrator:
 
     # ------------------------------------------------------------------ views
 
-    def _queue_depths(self) -> dict[str, int]:
-        return {r.name: self.admission.queued(r.name) for r in self.table}
+    def _queue_depths(self) -> dict[str, dict[str, int]]:
+        return {r.name: {p.name.lower(): n for p, n in self.admission.depth_by_priority(r.name).items()}
+                for r in self.table}
 
     def _model_memory(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}

@@ -25,6 +25,7 @@ class Intent:
     allow_evict: bool  # False for the start-up restore of models nobody asked for yet
     not_before: float = 0.0  # a restart's back-off
     futures: list[asyncio.Future[ModelRecord]] = field(default_factory=list)
+    request_id: str | None = None  # the request that asked for it (POST /models/NAME/load)
 
 
 @dataclass

@@ -28,6 +28,7 @@ class RuntimePlanner:
         *,
         vllm_architectures: frozenset[str] | None = None,
         unavailable: Mapping[str, str] | None = None,
+        triton_backends: frozenset[str] | None = None,
     ) -> None:
         self.settings = settings
         self.managers = managers
@@ -35,6 +36,7 @@ class RuntimePlanner:
         configured = settings.vllm.architectures
         self.vllm_architectures = frozenset(configured) if configured else vllm_architectures
         self.unavailable = dict(unavailable or {})
+        self.triton_backends = triton_backends  # None: not known (external Triton)
 
     def override(self, name: str) -> ModelOverride:
         return self.settings.override_for(name)
@@ -49,6 +51,7 @@ class RuntimePlanner:
             override=self.override(record.name).runtime,
             vllm_architectures=self.vllm_architectures,
             unavailable=self.unavailable,
+            triton_backends=self.triton_backends,
         )
         record.runtime, record.runtime_reason = choice.runtime, choice.reason
         return choice

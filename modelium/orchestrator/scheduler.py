@@ -27,6 +27,7 @@ waiting model loads into the room.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import math
 from collections import defaultdict
@@ -41,6 +42,7 @@ from modelium.brain import (
     plan_room,
     swap_verdict,
 )
+from modelium.logs import current_request_id
 from modelium.orchestrator.actions import Actions
 from modelium.orchestrator.context import Context
 from modelium.orchestrator.errors import LoadTimeoutError
@@ -85,7 +87,10 @@ class Scheduler(MemoryViews, Transitions):
         except RuntimeError:  # a lease released after the loop stopped (shutdown)
             return
         self._kicked = True
-        loop.call_soon(self._decide)
+        # A fresh context: call_soon would copy the kicker's, and every load decided in
+        # this pass would log under the id of whichever request happened to kick first.
+        # A load carries the id of the request that caused it instead (_start_load).
+        loop.call_soon(self._decide, context=contextvars.Context())
 
     def on_queue_change(self, name: str) -> None:
         """Admission's callback: only a queue for a model that is not serving, or a slot
@@ -106,7 +111,8 @@ class Scheduler(MemoryViews, Transitions):
         intent = self.intents.get(record.name)
         if intent is None:
             intent = self.intents[record.name] = Intent(priority, now if since is None else since,
-                                                        now + wait, explicit, allow_evict, not_before)
+                                                        now + wait, explicit, allow_evict, not_before,
+                                                        request_id=current_request_id())
         else:
             intent.priority = min(intent.priority, priority)
             intent.deadline = max(intent.deadline, now + wait)

@@ -49,6 +49,11 @@ class StateStore:
         self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
         self._signatures: dict[str, str | None] = {}
 
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The database, for the other tables kept in it (jobs: :mod:`.jobs.store`)."""
+        return self._db
+
     @classmethod
     def in_state_dir(cls, state_dir: Path) -> StateStore:
         return cls(Path(state_dir) / DB_NAME)

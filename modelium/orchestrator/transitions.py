@@ -13,6 +13,7 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from modelium.hardware import Device
+from modelium.logs import request_id_var
 from modelium.orchestrator.errors import LoadTimeoutError, ModelFailedError
 from modelium.orchestrator.plans import HOLD_REPLACING, Drain
 from modelium.orchestrator.records import (
@@ -111,6 +112,26 @@ class Transitions:
     # ================================================================ loads
 
     def _start_load(self, record: ModelRecord, device: Device, required: int, why: str) -> None:
+        """Reserve, mark LOADING and spawn the load, all under the id of the request that
+        caused it (see :meth:`_trigger_id`): the decision's log line, the load task's
+        lines and the runtime calls it makes (``X-Request-ID`` to Triton) carry it."""
+        token = request_id_var.set(self._trigger_id(record.name))
+        try:
+            self._start_load_now(record, device, required, why)
+        finally:
+            request_id_var.reset(token)
+
+    def _trigger_id(self, name: str) -> str | None:
+        """The id of the first request in line for ``name`` (best priority, then oldest),
+        else of the request behind its intent (a user's load); None for the restore
+        plan, a restart after a crash or a pin."""
+        waiters = sorted(w for w in self.ctx.admission.waiters(name) if w.request_id)
+        if waiters:
+            return waiters[0].request_id
+        intent = self.intents.get(name)
+        return intent.request_id if intent is not None else None
+
+    def _start_load_now(self, record: ModelRecord, device: Device, required: int, why: str) -> None:
         ctx = self.ctx
         wake = record.state == S.PARKED
         ctx.ledger.reserve(record.instance, device.id, required)

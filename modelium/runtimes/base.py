@@ -9,7 +9,9 @@ Optional abilities are *declared* in :attr:`RuntimeManager.capabilities` (never 
 with ``hasattr``): a manager that declares :attr:`Capability.PARK` implements
 :meth:`park`, :meth:`wake` and :meth:`park_residue_bytes`; the scheduler then may keep
 an evicted model parked (process alive, most device memory released) instead of stopping
-it.
+it. A manager that declares :attr:`Capability.KSERVE_V2` speaks the KServe v2 protocol
+itself (:meth:`v2_metadata`, :meth:`v2_infer`): the gateway's ``/v2`` routes then pass
+requests through to it instead of adapting them onto :meth:`infer`.
 
 Names: every method takes the model's *instance key* (``LoadRequest.name``): the model's
 name for its first version, ``NAME.REVn`` for a re-dropped version loaded beside the old
@@ -46,6 +48,8 @@ class Capability(str, enum.Enum):
 
     #: park()/wake()/park_residue_bytes(): keep the process, give back most device memory.
     PARK = "park"
+    #: v2_metadata()/v2_infer(): the runtime's own KServe v2 model metadata and infer.
+    KSERVE_V2 = "kserve_v2"
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,17 @@ class LoadRequest:
     @property
     def public_name(self) -> str:
         return self.served_name or self.name
+
+
+@dataclass(frozen=True)
+class V2Answer:
+    """A runtime's own answer to a KServe v2 infer, relayed as is: the body (JSON, or
+    the binary tensor extension's JSON header + raw tensors) and the length of its JSON
+    header when the body is binary (``Inference-Header-Content-Length``)."""
+
+    content: bytes
+    content_type: str = "application/json"
+    header_length: int | None = None
 
 
 @dataclass(frozen=True)
@@ -148,6 +163,21 @@ class RuntimeManager(ABC):
         """Bring a parked model back; returns the seconds it took. Raises when waking
         failed (the caller then stops the model and loads it cold)."""
         raise NotImplementedError(f"{self.name} cannot wake models")
+
+    # ---------------------------------------------------------- Capability.KSERVE_V2
+
+    async def v2_metadata(self, name: str) -> dict[str, Any]:
+        """The runtime's own KServe v2 model metadata (name, versions, platform, inputs,
+        outputs) of a loaded model. Raises like :meth:`infer`."""
+        raise NotImplementedError(f"{self.name} does not speak KServe v2")
+
+    async def v2_infer(self, name: str, body: bytes, header_length: int | None) -> V2Answer:
+        """Relay one KServe v2 infer request body (JSON, or binary tensors after a JSON
+        header of ``header_length`` bytes) to the runtime's own v2 endpoint; a 200 comes
+        back as a :class:`V2Answer`, anything else raises like :meth:`infer`
+        (BadRequestError with the runtime's message, ModelNotLoadedError,
+        RuntimeUnavailableError)."""
+        raise NotImplementedError(f"{self.name} does not speak KServe v2")
 
     def openai_base_url(self, name: str) -> str | None:
         """Base URL (``http://127.0.0.1:PORT``) of an OpenAI-compatible server that serves

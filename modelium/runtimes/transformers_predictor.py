@@ -17,7 +17,10 @@ Contract:
   messages (or a list of such conversations); it is rendered with the tokenizer's chat
   template (``add_generation_prompt=True``) and the reply has the text-generation shape.
 * ``parameters["count_prompt_tokens"] = True`` (generation tasks) adds
-  ``"num_prompt_tokens"`` to each result (the OpenAI adapter reports it as usage).
+  ``"num_prompt_tokens"`` to each result (the OpenAI adapter reports it as usage); for
+  feature-extraction each result becomes ``{"embedding": <the vector>,
+  "num_prompt_tokens": N}`` (N: the tokens the model saw, special ones included), which
+  ``/v1/embeddings`` reports as usage.
 * Client mistakes raise :class:`~modelium.runtimes.errors.BadRequestError`.
 """
 
@@ -30,6 +33,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from modelium.runtimes import transformers_batch
 from modelium.runtimes.errors import BadRequestError
 
 # Belt and braces: local_files_only already avoids the Hub, but some code paths
@@ -134,7 +138,7 @@ _PARAMETER_SPECS: dict[str, dict[str, Validator]] = {
     "fill-mask": {"top_k": _int_param(1, TOP_K_CAP)},
     "text-classification": {"top_k": _int_param(1, TOP_K_CAP)},
     "token-classification": {"aggregation_strategy": _choice_param("none", "simple", "first", "average", "max")},
-    "feature-extraction": {"pooling": _choice_param("mean", "cls", "none")},
+    "feature-extraction": {"pooling": _choice_param("mean", "cls", "none"), "count_prompt_tokens": _bool_param},
 }
 
 
@@ -230,7 +234,8 @@ class TransformersPredictor:
 
     Thread-safe: Ray Serve may run several requests of one replica concurrently and
     neither pipelines nor ``generate`` are safe to share across threads, so calls
-    are serialised with a lock (batching belongs to the serving layer).
+    are serialised with a lock. Batching is the serving layer's choice: it hands
+    the rows it gathered to :meth:`predict_batch` (one forward pass).
     """
 
     def __init__(self, model_dir: str, task: str, device: str = "cpu") -> None:
@@ -277,6 +282,36 @@ class TransformersPredictor:
             # across tasks, and per-input calls keep every output shape predictable.
             results = [_to_jsonable(handler(text, params)) for text in texts]
         return results[0] if single else results
+
+    def predict_batch(self, texts: list[str], parameters: dict[str, Any] | None = None) -> list[JSONValue]:
+        """One result per text, like ``predict(texts)``, but the encoder tasks run every
+        text in ONE padded forward pass (:mod:`.transformers_batch`): what Triton's
+        python-backend model calls with all rows of all requests of one ``execute()``."""
+        params = _validate_parameters(self.task, parameters)
+        if params.get("chat") or not transformers_batch.can_batch(self.task, self._tokenizer):
+            return self.predict(list(texts), parameters)
+        rows, _ = _validate_inputs(list(texts))
+        if self.task == "fill-mask":
+            for text in rows:
+                self._check_mask(text)
+        with self._lock, torch.inference_mode():
+            if self.task == "feature-extraction":
+                results = transformers_batch.feature_rows(self._model, self._tokenizer, self.device, rows,
+                                                          params.get("pooling", "mean"))
+                if params.get("count_prompt_tokens", False):  # /v1/embeddings' usage, as predict() gives it
+                    counts = [len(ids) for ids in self._tokenizer(rows, truncation=True)["input_ids"]]
+                    results = [{"embedding": r, "num_prompt_tokens": n} for r, n in zip(results, counts, strict=True)]
+            elif self.task == "fill-mask":
+                top_k = min(params.get("top_k", 5), len(self._tokenizer))
+                results = transformers_batch.pipeline_rows(self._pipeline, rows, top_k=top_k)
+            elif self.task == "text-classification":
+                top_k = min(params.get("top_k", 1), self._model.config.num_labels)
+                results = [[r] if isinstance(r, dict) else r for r in
+                           transformers_batch.pipeline_rows(self._pipeline, rows, top_k=top_k, truncation=True)]
+            else:  # token-classification
+                results = transformers_batch.pipeline_rows(
+                    self._pipeline, rows, aggregation_strategy=params.get("aggregation_strategy", "none"))
+            return [_to_jsonable(r) for r in results]
 
     # ---- generation ------------------------------------------------------------------
 
@@ -372,11 +407,14 @@ class TransformersPredictor:
         With several mask tokens in one input the pipeline returns one such list per
         mask, i.e. a list of lists.
         """
+        self._check_mask(text)
+        top_k = min(params.get("top_k", 5), len(self._tokenizer))
+        return self._pipeline(text, top_k=top_k)
+
+    def _check_mask(self, text: str) -> None:
         mask = self._tokenizer.mask_token
         if mask is None or mask not in text:
             raise BadRequestError(f"fill-mask input must contain the mask token {mask!r}")
-        top_k = min(params.get("top_k", 5), len(self._tokenizer))
-        return self._pipeline(text, top_k=top_k)
 
     def _predict_text_classification(self, text: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         """-> [{"label": str, "score": float}, ...] best first; length top_k (default 1)."""
@@ -389,7 +427,8 @@ class TransformersPredictor:
         return self._pipeline(text, aggregation_strategy=params.get("aggregation_strategy", "none"))
 
     def _predict_feature_extraction(self, text: str, params: dict[str, Any]) -> list[Any]:
-        """-> list[float] (hidden size) for mean/cls pooling, list[list[float]] per token for "none".
+        """-> list[float] (hidden size) for mean/cls pooling, list[list[float]] per token for
+        "none"; with ``count_prompt_tokens`` ``{"embedding": that, "num_prompt_tokens": N}``.
 
         Mean pooling covers every token including [CLS]/[SEP]; with one input per
         call there is no padding to mask out.
@@ -397,6 +436,9 @@ class TransformersPredictor:
         hidden = self._pipeline(text, truncation=True, return_tensors=True)[0]  # (tokens, hidden)
         pooling = params.get("pooling", "mean")
         if pooling == "none":
-            return hidden.tolist()
-        pooled = hidden[0] if pooling == "cls" else hidden.mean(dim=0)
-        return pooled.tolist()
+            vector = hidden.tolist()
+        else:
+            vector = (hidden[0] if pooling == "cls" else hidden.mean(dim=0)).tolist()
+        if params.get("count_prompt_tokens", False):
+            return {"embedding": vector, "num_prompt_tokens": int(hidden.shape[0])}
+        return vector

@@ -292,13 +292,17 @@ def sse_data(text: str) -> list[str]:
 # --------------------------------------------------------------------------- /v1/models
 
 
-def test_v1_models_lists_llms_that_are_not_failed(stack: Stack) -> None:
+def test_v1_models_lists_every_model_with_state_and_task(stack: Stack) -> None:
+    """Issue 11: every model, not only LLMs (modelium/gateway/embeddings.py answers)."""
     body = stack.http.get("/v1/models").json()
     assert body["object"] == "list"
     models = {m["id"]: m for m in body["data"]}
-    assert set(models) == {"llama-r", "llama-v"}  # not the classifier, not the failed one
+    assert set(models) == {"llama-r", "llama-v", "classy", "broken"}
     assert models["llama-v"]["runtime"] == "vllm" and models["llama-r"]["runtime"] == "ray_serve"
-    for m in models.values():
+    assert models["classy"]["task"] == "text-classification" and models["llama-v"]["task"] == "text-generation"
+    assert models["broken"]["state"] == "failed" and models["broken"]["reason"]
+    for name in ("llama-r", "llama-v", "classy"):
+        m = models[name]
         assert m["object"] == "model" and m["owned_by"] == "modelium" and m["state"] == "ready"
         assert isinstance(m["created"], int)
     stack.http.post("/models/llama-v/unload")
@@ -547,3 +551,22 @@ def test_predict_counts_generated_tokens(stack: Stack) -> None:
     assert response.status_code == 200, response.text
     assert stack.metric("modelium_generated_tokens_total", model="llama-r", runtime="ray_serve") == 4
     assert stack.metric("modelium_time_to_first_token_seconds_count", model="llama-r", runtime="ray_serve") == 1
+
+
+# --------------------------------------------------------------------------- the relay's own usage request
+
+
+def test_stream_asks_upstream_for_usage_and_strips_it(stack: Stack) -> None:
+    """Tokens come from vLLM's usage chunk, which the client did not ask for: it is asked
+    for upstream and cut out again, so the client sees the stream it asked for."""
+    stack.upstream.release.set()
+    body = {"model": "llama-v", "prompt": "hi", "stream": True}
+    with stack.http.stream("POST", "/v1/completions", json=body,
+                           headers={"X-Request-ID": "relay-test-1"}) as response:
+        text = response.read().decode()
+    sent = json.loads(stack.upstream.bodies[-1])
+    assert sent["stream_options"] == {"include_usage": True}
+    assert {k: v for k, v in sent.items() if k != "stream_options"} == body
+    assert "usage" not in text and sse_data(text)[-1] == "[DONE]"
+    assert stack.upstream.headers[-1].get("x-request-id") == "relay-test-1"
+    assert stack.metric("modelium_generated_tokens_total", model="llama-v", runtime="vllm") == 3

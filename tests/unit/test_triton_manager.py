@@ -141,7 +141,8 @@ def triton(monkeypatch: pytest.MonkeyPatch) -> FakeTriton:
 
 
 def _manager(tmp_path: Path, endpoint: str | None = None) -> TritonManager:
-    install = None if endpoint else SimpleNamespace(executable=Path("/fake/tritonserver"))
+    install = None if endpoint else SimpleNamespace(executable=Path("/fake/tritonserver"),
+                                                    backends=frozenset({"python"}))
     return TritonManager(install=install, state_dir=tmp_path / "state", endpoint=endpoint,  # type: ignore[arg-type]
                          startup_timeout_seconds=5)
 

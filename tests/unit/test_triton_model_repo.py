@@ -401,12 +401,12 @@ def test_transformers_template_device_and_error_mapping(bert_dir, tmp_path, load
         def __init__(self, model_dir, task, device):
             seen.update(model_dir=model_dir, task=task, device=device)
 
-        def predict(self, text, params):
-            if text == "bad":
+        def predict_batch(self, texts, params):
+            if "bad" in texts:
                 raise BadRequestError("no good")
-            if text == "crash":
+            if "crash" in texts:
                 raise KeyError("boom")
-            return {"echo": text, "params": params}
+            return [{"echo": text, "params": params} for text in texts]
 
     module.TransformersPredictor = FakePredictor
     model = module.TritonPythonModel()

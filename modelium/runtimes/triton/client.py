@@ -37,6 +37,7 @@ from typing import Any
 
 import httpx
 
+from modelium.logs import current_request_id
 from modelium.runtimes.base import ModelNotLoadedError, RuntimeUnavailableError
 from modelium.runtimes.errors import BadRequestError
 
@@ -49,6 +50,8 @@ READY_POLL_INTERVAL = 0.1
 #: Unload returns at once; the model goes UNAVAILABLE 1-1.5 s later (measured): poll
 #: often enough that the ledger frees its memory promptly.
 INDEX_POLL_INTERVAL = 0.05
+#: KServe v2 binary tensor extension: the length of the JSON header before the raw tensors.
+HEADER_LENGTH = "Inference-Header-Content-Length"
 
 
 def error_text(response: httpx.Response) -> str:
@@ -89,12 +92,25 @@ class TritonClient:
 
     @property
     def headers(self) -> dict[str, str]:
-        """Asked on every call, like the URL: a restarted own server has a new key."""
-        return self._headers()
+        """Asked on every call, like the URL: a restarted own server has a new key. A call
+        made on behalf of a request (an infer, or the load it triggered) carries its
+        ``X-Request-ID`` too, so Triton's own logs can be matched to Modelium's."""
+        request_id = current_request_id()
+        return {**self._headers(), "X-Request-ID": request_id} if request_id else self._headers()
 
-    async def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """One call to ``path`` with the server's headers (an infer, a metadata read)."""
-        return await self.http.request(method, f"{self.base_url}{path}", headers=self.headers, **kwargs)
+    async def request(self, method: str, path: str, *, headers: dict[str, str] | None = None,
+                      **kwargs: Any) -> httpx.Response:
+        """One call to ``path`` with the server's headers (an infer, a metadata read);
+        ``headers`` are added to them (never replacing the server's own)."""
+        merged = {**(headers or {}), **self.headers}
+        return await self.http.request(method, f"{self.base_url}{path}", headers=merged, **kwargs)
+
+    async def infer_raw(self, name: str, body: bytes, header_length: int | None) -> httpx.Response:
+        """``POST /v2/models/NAME/infer`` with a client's body as is (JSON, or binary
+        tensors after a JSON header of ``header_length`` bytes); the answer unchecked."""
+        headers = {"content-type": "application/json"} if header_length is None else {
+            "content-type": "application/octet-stream", HEADER_LENGTH: str(header_length)}
+        return await self.request("POST", f"/v2/models/{name}/infer", content=body, headers=headers)
 
     # ------------------------------------------------------------------ server
 

@@ -45,21 +45,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 from modelium.runtimes.base import (
     AdoptionReport,
+    Capability,
     LoadRequest,
     ModelNotLoadedError,
     RuntimeHealth,
     RuntimeLoadError,
     RuntimeManager,
     RuntimeUnavailableError,
+    V2Answer,
 )
 from modelium.runtimes.triton import codec, model_repo
-from modelium.runtimes.triton.client import TritonClient, error_text
+from modelium.runtimes.triton.client import HEADER_LENGTH, TritonClient, error_text
 from modelium.runtimes.triton.install import TritonInstall
 from modelium.runtimes.triton.server import LOG_TAIL_LINES, TritonServer
 
@@ -73,6 +76,8 @@ class TritonManager(RuntimeManager):
     """Loads models into one Triton server; see the module doc."""
 
     name = "triton"
+    #: Triton is a KServe v2 server: the gateway's /v2 routes pass through to it.
+    capabilities = frozenset({Capability.KSERVE_V2})
 
     def __init__(
         self,
@@ -270,6 +275,8 @@ class TritonManager(RuntimeManager):
             self.repository, request.name, request.model_dir, request.profile,
             device_kind=request.device.kind, gpu_index=request.device.index,
             task=request.options.get("task") or request.profile.task,
+            # A full install's onnxruntime backend runs ONNX natively (brain: same fact).
+            native_onnx=self.own_server and "onnxruntime" in self.install.backends,
         )
 
     async def unload(self, name: str) -> None:
@@ -401,14 +408,38 @@ class TritonManager(RuntimeManager):
         response = await self._request("POST", name, f"/v2/models/{name}/infer", json=request.body)
         return codec.decode_outputs(response.json(), request)
 
+    async def v2_metadata(self, name: str) -> dict[str, Any]:
+        """Triton's own metadata of a loaded model (cached until it is unloaded)."""
+        if name not in self._loaded:
+            raise ModelNotLoadedError(self._exit_reasons.get(name) or f"model {name!r} is not loaded in Triton")
+        return await self.model_metadata(name)
+
+    async def v2_infer(self, name: str, body: bytes, header_length: int | None) -> V2Answer:
+        """A client's v2 infer body relayed to Triton byte for byte (JSON or binary
+        tensors, with the server's key added); Triton's answer classified like
+        :meth:`infer`'s."""
+        if name not in self._loaded:
+            raise ModelNotLoadedError(self._exit_reasons.get(name) or f"model {name!r} is not loaded in Triton")
+        response = await self._call(name, lambda client: client.infer_raw(name, body, header_length))
+        raw_length = response.headers.get(HEADER_LENGTH)
+        return V2Answer(response.content, response.headers.get("content-type", "application/json"),
+                        int(raw_length) if raw_length and raw_length.isdigit() else None)
+
     async def _request(self, method: str, name: str, path: str, **kwargs: Any) -> httpx.Response:
         """One model call; Triton's answer classified by :meth:`TritonClient.check`."""
+        return await self._call(name, lambda client: client.request(method, path, **kwargs))
+
+    async def _call(self, name: str,
+                    call: Callable[[TritonClient], Awaitable[httpx.Response]]) -> httpx.Response:
+        """One model call (``call(client)`` gives Triton's response): a dead server, or one
+        that died under the call, is ModelNotLoadedError, other transport failures
+        RuntimeUnavailableError, the answer classified by :meth:`TritonClient.check`."""
         if self._server_dead():
             self._note_server_exit()
             raise ModelNotLoadedError(self._exit_reasons.get(name) or "tritonserver is gone")
         client = self._require_client()
         try:
-            response = await client.request(method, path, **kwargs)
+            response = await call(client)
         except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError) as exc:
             if self._server_dead():
                 self._note_server_exit()

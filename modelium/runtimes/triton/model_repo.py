@@ -8,8 +8,10 @@ folder into ``repository/NAME/`` (``config.pbtxt`` + version folder ``1/``) read
   the top-level ``name:`` is set to NAME (Triton requires it to match the directory).
   Everything else, ``instance_group`` included, is the user's: Modelium's placement is
   *not* written into a user's config.
-* ``onnx``: a python-backend model running onnxruntime on the graph (the bundled Triton
-  has no onnxruntime backend). Inputs and outputs are read from the graph; when every
+* ``onnx``: with ``native_onnx`` (the server has the onnxruntime backend: a full install)
+  a ``platform: "onnxruntime_onnx"`` model whose ``default_model_filename`` is the graph;
+  else a python-backend model running the onnxruntime Python package on the graph (the
+  pytriton wheel's Triton has no onnxruntime backend). Inputs and outputs are read from the graph; when every
   input and output has a dynamic first dimension (and rank >= 2) the model batches
   (``max_batch_size: N`` + ``dynamic_batching``, dims without the batch dim), else
   ``max_batch_size: 0`` with the full dims. Dynamic dims are -1.
@@ -45,7 +47,6 @@ import os
 import re
 import shutil
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 from modelium.analysis.profile import (
@@ -55,6 +56,15 @@ from modelium.analysis.profile import (
     FORMAT_TRITON,
     ModelProfile,
 )
+from modelium.runtimes.triton.onnx_graph import (  # find_onnx_file / read_onnx_io re-exported
+    TensorSpec,
+    can_batch,
+    find_onnx_file,
+    read_onnx_io,
+)
+
+__all__ = ["TensorSpec", "find_onnx_file", "onnx_config", "read_onnx_io", "set_config_name",
+           "transformers_config", "write_model_entry"]
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 # The folder holding the `modelium` package (the project root in a source checkout).
@@ -73,23 +83,6 @@ VERSION = "1"
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
-# ONNX TensorProto.DataType -> Triton data type.
-_ONNX_TO_TRITON = {
-    1: "TYPE_FP32", 2: "TYPE_UINT8", 3: "TYPE_INT8", 4: "TYPE_UINT16", 5: "TYPE_INT16",
-    6: "TYPE_INT32", 7: "TYPE_INT64", 8: "TYPE_STRING", 9: "TYPE_BOOL", 10: "TYPE_FP16",
-    11: "TYPE_FP64", 12: "TYPE_UINT32", 13: "TYPE_UINT64", 16: "TYPE_BF16",
-}
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """One graph input or output as Triton sees it (dims include the batch dim here)."""
-
-    name: str
-    data_type: str  # "TYPE_FP32", ...
-    dims: tuple[int, ...]  # -1 for dynamic
-
-
 def write_model_entry(
     repository: Path,
     name: str,
@@ -100,6 +93,7 @@ def write_model_entry(
     gpu_index: int | None,
     task: str,
     max_batch_size: int = 8,
+    native_onnx: bool = False,
 ) -> Path:
     """Write ``repository/NAME`` for the model in ``source_dir``; return the entry's path.
 
@@ -129,7 +123,7 @@ def write_model_entry(
         builder = lambda staged: _write_own_config(staged, name, source_dir)  # noqa: E731
     elif fmt == FORMAT_ONNX:
         builder = lambda staged: _write_onnx(  # noqa: E731
-            staged, name, source_dir, instance_group, max_batch_size)
+            staged, name, source_dir, instance_group, max_batch_size, native=native_onnx)
     elif fmt in (FORMAT_SAFETENSORS, FORMAT_PYTORCH_BIN):
         if task not in TRITON_HF_TASKS:
             raise ValueError(
@@ -163,22 +157,24 @@ def _write_own_config(staged: Path, name: str, source_dir: Path) -> None:
 
 
 def _write_onnx(
-    staged: Path, name: str, source_dir: Path, instance_group: str, max_batch_size: int
+    staged: Path, name: str, source_dir: Path, instance_group: str, max_batch_size: int,
+    *, native: bool = False,
 ) -> None:
     onnx_file = find_onnx_file(source_dir)
     inputs, outputs = read_onnx_io(onnx_file)
     version = staged / VERSION
     # The whole folder goes into 1/ so external-data files stay next to the graph.
     _link_tree(source_dir, version)
-    if (version / "model.py").exists():
-        raise ValueError(f"{name}: the ONNX folder holds a model.py, which Triton would run")
-    shutil.copyfile(ONNX_TEMPLATE, version / "model.py")
-    batching = _can_batch(inputs + outputs)
+    if not native:
+        if (version / "model.py").exists():
+            raise ValueError(f"{name}: the ONNX folder holds a model.py, which Triton would run")
+        shutil.copyfile(ONNX_TEMPLATE, version / "model.py")
+    batching = can_batch(inputs + outputs)
     _write_new_file(
         staged / "config.pbtxt",
         onnx_config(name, inputs, outputs, instance_group,
                     max_batch_size if batching else 0,
-                    onnx_file=onnx_file.relative_to(source_dir).as_posix()),
+                    onnx_file=onnx_file.relative_to(source_dir).as_posix(), native=native),
     )
 
 
@@ -227,23 +223,27 @@ def _escape(value: str) -> str:
 
 def onnx_config(
     name: str, inputs: list[TensorSpec], outputs: list[TensorSpec], instance_group: str,
-    max_batch_size: int, *, onnx_file: str,
+    max_batch_size: int, *, onnx_file: str, native: bool = False,
 ) -> str:
-    """config.pbtxt of the python-backend ONNX model; max_batch_size 0 = no batching."""
+    """config.pbtxt of the ONNX model, native (onnxruntime backend, the graph as
+    ``default_model_filename``) or python-backend; max_batch_size 0 = no batching."""
     batched = max_batch_size > 0
     lines = [
         f'name: "{name}"',
-        'backend: "python"',
+        'platform: "onnxruntime_onnx"' if native else 'backend: "python"',
         f"max_batch_size: {max_batch_size}",
     ]
+    if native:
+        lines.append(f'default_model_filename: "{_escape(onnx_file)}"')
     if batched:
         lines.append("dynamic_batching { }")
     lines += [
         f"input [\n{_tensor_block(inputs, batched)}\n]",
         f"output [\n{_tensor_block(outputs, batched)}\n]",
         instance_group,
-        _parameter("onnx_file", onnx_file),
     ]
+    if not native:
+        lines.append(_parameter("onnx_file", onnx_file))
     return "\n".join(lines) + "\n"
 
 
@@ -325,61 +325,6 @@ def _skip_string(text: str, i: int) -> int:
     while i < len(text) and text[i] != quote:
         i += 2 if text[i] == "\\" else 1
     return i + 1
-
-
-# --- ONNX graph ------------------------------------------------------------------------------
-
-
-def find_onnx_file(folder: Path) -> Path:
-    """The graph to serve: the only *.onnx file, or model.onnx among several."""
-    files = sorted(p for p in folder.rglob("*.onnx") if p.is_file())
-    if not files:
-        raise ValueError(f"{folder.name}: no *.onnx file")
-    if len(files) == 1:
-        return files[0]
-    preferred = [p for p in files if p.name == "model.onnx"]
-    if len(preferred) == 1:
-        return preferred[0]
-    names = ", ".join(p.relative_to(folder).as_posix() for p in files)
-    raise ValueError(f"{folder.name}: several ONNX graphs ({names}); keep one, or name it model.onnx")
-
-
-def read_onnx_io(onnx_file: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """Graph inputs (initializers excluded) and outputs, with Triton types and dims."""
-    import onnx  # only needed here; a project dependency
-
-    try:
-        model = onnx.load(str(onnx_file), load_external_data=False)
-    except Exception as exc:  # noqa: BLE001 - protobuf errors have no common base
-        raise ValueError(f"{onnx_file.name} is not a readable ONNX model ({exc})") from exc
-    graph = model.graph
-    initializers = {i.name for i in graph.initializer}
-    inputs = [_spec(v) for v in graph.input if v.name not in initializers]
-    outputs = [_spec(v) for v in graph.output]
-    if not inputs or not outputs:
-        raise ValueError(f"{onnx_file.name}: the graph has no inputs or no outputs")
-    return inputs, outputs
-
-
-def _spec(value) -> TensorSpec:  # noqa: ANN001 - onnx.ValueInfoProto
-    if value.type.WhichOneof("value") != "tensor_type":
-        raise ValueError(f"ONNX tensor {value.name!r} is not a plain tensor (sequence/map)")
-    tensor = value.type.tensor_type
-    data_type = _ONNX_TO_TRITON.get(tensor.elem_type)
-    if data_type is None:
-        raise ValueError(f"ONNX tensor {value.name!r} has element type {tensor.elem_type}, "
-                         "which Triton does not support")
-    if not tensor.HasField("shape"):
-        raise ValueError(f"ONNX tensor {value.name!r} has no shape (unknown rank)")
-    dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim)
-    if not dims:
-        raise ValueError(f"ONNX tensor {value.name!r} is a scalar; Triton needs at least one dim")
-    return TensorSpec(value.name, data_type, dims)
-
-
-def _can_batch(tensors: list[TensorSpec]) -> bool:
-    """Batch only when every tensor starts with a dynamic dim and keeps a dim after it."""
-    return all(len(t.dims) >= 2 and t.dims[0] == -1 for t in tensors)
 
 
 # --- files -----------------------------------------------------------------------------------

@@ -23,7 +23,9 @@ guarantees, and why:
 * :meth:`start` must run on a long-lived thread (the event loop's): the parent-death
   signal fires when the spawning *thread* exits.
 
-Python backend: the backend dir built under ``state_dir/triton/backends/python`` links the
+Backends: a full install (``install.backends_dir``, see :mod:`.install`) is run with its own
+backends folder as ``--backend-directory``, so every backend it ships loads. Otherwise
+(the pytriton wheel) the backend dir built under ``state_dir/triton/backends/python`` links the
 bundled ``libtriton_python.so``, ``triton_python_backend_utils.py`` and the stub built for
 the models' Python; the env puts that Python's libpython folder first on
 ``LD_LIBRARY_PATH`` (the stub embeds libpython), its venv ``bin`` first on ``PATH`` (so
@@ -90,6 +92,14 @@ def build_backend_dir(install: TritonInstall, dest: Path) -> Path:
             link.unlink()
         link.symlink_to(source)
     return Path(dest)
+
+
+def backend_directory(install: TritonInstall, private_dir: Path) -> Path:
+    """The ``--backend-directory`` for ``install``: a full install's own backends folder as
+    it is, else ``private_dir`` built with the python backend (:func:`build_backend_dir`)."""
+    if install.backends_dir is not None:
+        return install.backends_dir
+    return build_backend_dir(install, private_dir)
 
 
 def build_command(
@@ -251,7 +261,7 @@ class TritonServer:
         if self._process is not None:
             raise RuntimeError("this TritonServer was already started; make a new one")
         self.repository.mkdir(parents=True, exist_ok=True)
-        build_backend_dir(self.install, self.backend_dir)
+        self.backend_dir = backend_directory(self.install, self.work_dir / "backends")
         http, grpc, metrics = free_ports(3)
         self.ports = TritonPorts(http, grpc, metrics)
         self.api_key = access.new_key()

@@ -11,6 +11,12 @@ one JSON document per TEXT row (the predictor's result for that text). A client 
 (BadRequestError, bad JSON, non-UTF-8 text) fails that request with INVALID_ARG, which
 Triton's HTTP endpoint answers with 400 and the message; anything else is INTERNAL (500).
 
+Batching: ``execute`` gets every request Triton's dynamic batcher gathered. All their rows
+that share the same parameters go through ``TransformersPredictor.predict_batch`` together
+(one padded forward pass for the encoder tasks), and the results are split back into one
+response per request, in row order. If such a shared run fails, each of its requests is
+run alone, so an error reaches only the request that caused it.
+
 KIND_GPU instances run on ``cuda:<model_instance_device_id>``: Triton does not narrow
 CUDA_VISIBLE_DEVICES per instance, so the stub sees the server's GPUs and the id is the
 index among them.
@@ -71,6 +77,16 @@ def _parameters(raw: str) -> dict:
     return value
 
 
+def _key(parameters: dict) -> str:
+    return json.dumps(parameters, sort_keys=True)
+
+
+def _error_response(exc: Exception):
+    if isinstance(exc, BadRequestError):
+        return pb_utils.InferenceResponse(error=_error(exc.message, True))
+    return pb_utils.InferenceResponse(error=_error(f"{type(exc).__name__}: {exc}", False))
+
+
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
@@ -85,18 +101,30 @@ class TritonPythonModel:
         self.predictor = TransformersPredictor(str(model_dir), task, device)
 
     def execute(self, requests):
-        responses = []
-        for request in requests:
+        responses = [None] * len(requests)
+        rows = {}  # index -> (texts, parameters) of the requests that parsed
+        for index, request in enumerate(requests):
             try:
-                responses.append(self._predict(request))
-            except BadRequestError as exc:
-                responses.append(pb_utils.InferenceResponse(error=_error(exc.message, True)))
+                rows[index] = self._rows(request)
             except Exception as exc:  # noqa: BLE001 - reported to the client, not raised
-                responses.append(pb_utils.InferenceResponse(
-                    error=_error(f"{type(exc).__name__}: {exc}", False)))
+                responses[index] = _error_response(exc)
+        group = sorted(rows)
+        try:
+            if group:
+                self._run(group, rows, responses)
+        except Exception as exc:  # noqa: BLE001 - alone: its error; else each request alone
+            if len(group) == 1:
+                responses[group[0]] = _error_response(exc)
+            else:
+                for index in group:
+                    try:
+                        self._run([index], rows, responses)
+                    except Exception as alone:  # noqa: BLE001 - reported to the client, not raised
+                        responses[index] = _error_response(alone)
         return responses
 
-    def _predict(self, request):
+    def _rows(self, request):
+        """(texts, [parameters dict per row]) of one request; BadRequestError if malformed."""
         text_tensor = pb_utils.get_input_tensor_by_name(request, "TEXT")
         if text_tensor is None:
             raise BadRequestError("input TEXT is missing")
@@ -109,10 +137,24 @@ class TritonPythonModel:
             raise BadRequestError(
                 f"PARAMETERS has {len(raw_params)} rows for {len(texts)} TEXT rows "
                 "(give one, or one per row)")
-        results = [self.predictor.predict(text, _parameters(raw))
-                   for text, raw in zip(texts, raw_params)]
-        encoded = np.array([[json.dumps(r).encode("utf-8")] for r in results], dtype=np.object_)
-        return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("OUTPUT", encoded)])
+        return texts, [_parameters(raw) for raw in raw_params]
+
+    def _run(self, group, rows, responses):
+        """Every row of the requests in ``group`` with one parameter set: one batched call
+        per distinct parameter set, then one response per request."""
+        by_params = {}  # canonical parameters -> [(request index, row index, text)]
+        for index in group:
+            texts, params = rows[index]
+            for row, (text, param) in enumerate(zip(texts, params)):
+                by_params.setdefault(_key(param), []).append((index, row, text))
+        results = {index: [None] * len(rows[index][0]) for index in group}
+        for key, members in by_params.items():
+            outputs = self.predictor.predict_batch([text for _, _, text in members], json.loads(key))
+            for (index, row, _), output in zip(members, outputs):
+                results[index][row] = output
+        for index in group:
+            encoded = np.array([[json.dumps(r).encode("utf-8")] for r in results[index]], dtype=np.object_)
+            responses[index] = pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("OUTPUT", encoded)])
 
     def finalize(self):
         self.predictor = None
