@@ -22,6 +22,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -264,6 +265,27 @@ async def test_predict_text_generation_and_classification(manager: RayServeManag
     # Concurrent requests through the cached handles.
     results = await asyncio.gather(*(manager.infer("llama", f"q {i}", {"max_new_tokens": 2}) for i in range(8)))
     assert all(r["num_generated_tokens"] == 2 for r in results)
+
+
+async def test_the_gateway_s_request_id_reaches_the_replica_s_log(manager: RayServeManager) -> None:
+    from modelium.logs import request_id_var
+
+    request_id = f"ray-e2e-{uuid.uuid4().hex[:12]}"
+    token = request_id_var.set(request_id)
+    try:
+        await manager.infer("bert", "hello", {})
+    finally:
+        request_id_var.reset(token)
+    assert manager.temp_dir is not None
+    pattern = "session_*/logs/serve/replica_*"
+
+    def tagged() -> list[Path]:
+        return [p for p in manager.temp_dir.glob(pattern) if request_id in p.read_text(errors="replace")]
+
+    deadline = time.monotonic() + 15  # Serve writes its log lines asynchronously
+    while not tagged() and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+    assert tagged(), f"{request_id} in none of {sorted(p.name for p in manager.temp_dir.glob(pattern))}"
 
 
 async def test_bad_parameter_is_a_bad_request(manager: RayServeManager) -> None:

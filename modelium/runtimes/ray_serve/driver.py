@@ -111,6 +111,19 @@ def reassert_python_signal_handlers() -> None:
             signal.signal(signum, handler)
 
 
+def tag_serve_request(request_id: str) -> None:
+    """Make the handle calls of the current task carry the gateway's request id.
+
+    Serve copies its request context's ``request_id`` into each call's metadata, so it is
+    the id on the replica's log lines and in the replica's own request context
+    (``serve.context._get_serve_request_context()``). Ray 2.60 has no public way to set it
+    on a handle call, hence the private setter; it changes only this task's context.
+    """
+    from ray.serve import context
+
+    context._set_request_context(request_id=request_id)
+
+
 def is_loopback(address: str) -> bool:
     host = address.rsplit(":", 1)[0].strip("[]")
     return host in _LOOPBACK_HOSTS

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from modelium.logs import current_request_id
 from modelium.runtimes.base import (
     AdoptionReport,
     LoadRequest,
@@ -60,6 +61,7 @@ from modelium.runtimes.ray_serve.driver import (
     running_replicas,
     short_error,
     status_name,
+    tag_serve_request,
 )
 from modelium.runtimes.ray_serve.signature import folder_signature
 
@@ -361,6 +363,9 @@ class RayServeManager(RuntimeManager):
     async def infer(self, name: str, inputs: Any, parameters: dict[str, Any]) -> Any:
         self._require_started()
         handle = await self._handle(name)
+        request_id = current_request_id()
+        if request_id:
+            tag_serve_request(request_id)
         try:
             return await handle.predict.remote(inputs, parameters)
         except Exception as exc:  # noqa: BLE001 - classified below
