@@ -11,26 +11,13 @@ request's id (``error.request_id``, the one of the ``X-Request-ID`` header: see
 
 from __future__ import annotations
 
-import logging
 import math
 from typing import Any
 
 from fastapi.responses import JSONResponse
 
 from modelium.gateway.request_ids import current_request_id, new_request_id
-from modelium.orchestrator import (
-    LoadTimeoutError,
-    ModelFailedError,
-    NoCapacityError,
-    NotReadyError,
-    RequestTimeoutError,
-    TooManyRequestsError,
-    UnknownModelError,
-)
-from modelium.runtimes.base import ModelNotLoadedError, RuntimeUnavailableError
-from modelium.runtimes.errors import BadRequestError
-
-log = logging.getLogger("modelium.gateway")
+from modelium.orchestrator.jobs.failures import describe_failure
 
 RETRY_AFTER_SECONDS = "30"
 RETRY_AFTER_BUSY_SECONDS = "1"
@@ -63,34 +50,22 @@ def describe_problem(error: dict[str, Any]) -> str:
 
 
 def map_error(exc: Exception, request_id: str | None = None) -> JSONResponse:
-    if isinstance(exc, UnknownModelError):
-        return error_response(404, "model_not_found", exc.message, known_models=exc.known)
-    if isinstance(exc, BadRequestError):
-        return error_response(422, "invalid_request", exc.message)
-    if isinstance(exc, ModelFailedError):
-        return error_response(409, "model_failed", exc.message)
-    if isinstance(exc, TooManyRequestsError):
-        return error_response(429, "too_many_requests", exc.message,
-                              headers={"Retry-After": _retry_after(exc, RETRY_AFTER_BUSY_SECONDS)})
-    if isinstance(exc, (NoCapacityError, NotReadyError, LoadTimeoutError)):
-        return error_response(503, "unavailable", exc.message,
-                              headers={"Retry-After": _retry_after(exc, RETRY_AFTER_SECONDS)})
-    if isinstance(exc, RequestTimeoutError):
-        return error_response(504, "timeout", exc.message)
+    """The answer to a failed request (the table is :func:`describe_failure`); 5xx answers
+    carry the request id, never exception internals."""
     request_id = request_id or current_request_id() or new_request_id()
-    if isinstance(exc, (RuntimeUnavailableError, ModelNotLoadedError)):
-        log.warning("request %s: runtime unavailable: %s", request_id, exc, extra={"request_id": request_id})
-        return error_response(503, "runtime_unavailable",
-                              f"the model's runtime could not serve the request (request id {request_id}; "
-                              "the detail is in the daemon's log)", request_id=request_id)
-    log.error("request %s failed", request_id, exc_info=exc, extra={"request_id": request_id})
-    return error_response(500, "internal_error",
-                          f"internal error (request id {request_id}; the detail is in the daemon's log)",
-                          request_id=request_id)
+    failure = describe_failure(exc, request_id)
+    error = dict(failure.error)
+    headers = {}
+    if failure.status == 429:
+        headers["Retry-After"] = _retry_after(failure.retry_after, RETRY_AFTER_BUSY_SECONDS)
+    elif failure.status == 503:
+        headers["Retry-After"] = _retry_after(failure.retry_after, RETRY_AFTER_SECONDS)
+    if failure.status >= 500:
+        error["request_id"] = request_id
+    return error_response(failure.status, error.pop("type"), error.pop("message"), headers=headers, **error)
 
 
-def _retry_after(exc: Exception, default: str) -> str:
-    seconds = getattr(exc, "retry_after", None)
+def _retry_after(seconds: float | None, default: str) -> str:
     return str(max(1, math.ceil(seconds))) if seconds is not None else default
 
 

@@ -1,6 +1,6 @@
-"""What a failed try of a job becomes: the status and error the synchronous route would
-have answered (the same table as :func:`modelium.gateway.errors.map_error`, kept here so
-the orchestrator needs nothing from the gateway), and whether it is worth another try."""
+"""What a failure becomes for a client: its status, ``{"type", "message"}`` and whether it is
+worth another try. The one table: the gateway's :func:`modelium.gateway.errors.map_error`
+answers synchronous requests from it, and the job runner records failed tries with it."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def describe_failure(exc: Exception, request_id: str | None) -> JobFailure:
     logged (under the request id) and described without their internals."""
     retry_after = getattr(exc, "retry_after", None)
     if isinstance(exc, UnknownModelError):
-        return JobFailure(404, {"type": "model_not_found", "message": exc.message})
+        return JobFailure(404, {"type": "model_not_found", "message": exc.message, "known_models": exc.known})
     if isinstance(exc, BadRequestError):
         return JobFailure(422, {"type": "invalid_request", "message": exc.message})
     if isinstance(exc, ModelFailedError):
@@ -41,10 +41,10 @@ def describe_failure(exc: Exception, request_id: str | None) -> JobFailure:
     if isinstance(exc, RequestTimeoutError):
         return JobFailure(504, {"type": "timeout", "message": exc.message})
     if isinstance(exc, (RuntimeUnavailableError, ModelNotLoadedError)):
-        log.warning("job try: runtime unavailable: %s", exc)
+        log.warning("request %s: runtime unavailable: %s", request_id, exc, extra={"request_id": request_id})
         return JobFailure(503, {"type": "runtime_unavailable",
                                 "message": f"the model's runtime could not serve the request (request id "
                                            f"{request_id}; the detail is in the daemon's log)"}, retryable=True)
-    log.error("job try failed", exc_info=exc)
+    log.error("request %s failed", request_id, exc_info=exc, extra={"request_id": request_id})
     return JobFailure(500, {"type": "internal_error",
                             "message": f"internal error (request id {request_id}; the detail is in the daemon's log)"})
