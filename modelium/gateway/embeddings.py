@@ -41,12 +41,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from modelium.gateway.errors import (
-    CLIENT_GONE_STATUS,
     error_response,
     map_error,
+    map_relay_error,
     status_label,
 )
-from modelium.gateway.limits import ClientGone, check_batch, unless_client_leaves
+from modelium.gateway.limits import check_batch, unless_client_leaves
 from modelium.gateway.request_ids import current_request_id
 from modelium.gateway.request_options import request_options
 from modelium.metrics import ModeliumMetrics
@@ -243,14 +243,8 @@ class _Embeddings:
                 finally:
                     self.orchestrator.release(serving)
                 break
-        except ClientGone:
-            response = Response(status_code=CLIENT_GONE_STATUS)
-        except (httpx.TimeoutException, TimeoutError):
-            response = error_response(504, "timeout", f"model {name!r} did not answer in time")
-        except httpx.HTTPError as exc:
-            response = map_error(RuntimeUnavailableError(f"model {name!r}: {type(exc).__name__}: {exc}"))
-        except Exception as exc:  # noqa: BLE001 - mapped like /predict
-            response = map_error(exc)
+        except Exception as exc:  # noqa: BLE001 - mapped like every relayed request
+            response = map_relay_error(exc, name)
         status = "ok" if response.status_code < 400 else status_label(response.status_code)
         self.metrics.observe_request(name, runtime, status, time.perf_counter() - started)
         return response

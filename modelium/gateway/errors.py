@@ -14,10 +14,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from fastapi.responses import JSONResponse
+import httpx
+from fastapi.responses import JSONResponse, Response
 
 from modelium.gateway.request_ids import current_request_id, new_request_id
+from modelium.gateway.limits import ClientGone
 from modelium.orchestrator.jobs.failures import describe_failure
+from modelium.runtimes.base import RuntimeUnavailableError
 
 RETRY_AFTER_SECONDS = "30"
 RETRY_AFTER_BUSY_SECONDS = "1"
@@ -63,6 +66,19 @@ def map_error(exc: Exception, request_id: str | None = None) -> JSONResponse:
     if failure.status >= 500:
         error["request_id"] = request_id
     return error_response(failure.status, error.pop("type"), error.pop("message"), headers=headers, **error)
+
+
+def map_relay_error(exc: Exception, model: str) -> Response:
+    """The answer when a request relayed to a runtime's own HTTP server (vLLM) failed: the
+    client left (499), the server was too slow (504), the connection broke (503), or
+    anything :func:`map_error` knows."""
+    if isinstance(exc, ClientGone):
+        return Response(status_code=CLIENT_GONE_STATUS)
+    if isinstance(exc, (httpx.TimeoutException, TimeoutError)):
+        return error_response(504, "timeout", f"model {model!r} did not answer in time")
+    if isinstance(exc, httpx.HTTPError):
+        return map_error(RuntimeUnavailableError(f"model {model!r}: {type(exc).__name__}: {exc}"))
+    return map_error(exc)
 
 
 def _retry_after(seconds: float | None, default: str) -> str:

@@ -34,12 +34,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from modelium.gateway.errors import (
-    CLIENT_GONE_STATUS,
     error_response,
     map_error,
+    map_relay_error,
     status_label,
 )
-from modelium.gateway.limits import ClientGone, check_batch, unless_client_leaves
+from modelium.gateway.limits import check_batch, unless_client_leaves
 from modelium.gateway.openai_adapter import (
     CHAT,
     COMPLETIONS,
@@ -161,14 +161,8 @@ class _OpenAIHandler:
             raise AssertionError("unreachable")
         except RequestFailed as failed:
             response = failed.response
-        except ClientGone:
-            response = Response(status_code=CLIENT_GONE_STATUS)
-        except (httpx.TimeoutException, TimeoutError):
-            response = error_response(504, "timeout", f"model {model!r} did not answer in time")
-        except httpx.HTTPError as exc:
-            response = map_error(RuntimeUnavailableError(f"model {model!r}: {type(exc).__name__}: {exc}"))
-        except Exception as exc:  # noqa: BLE001 - mapped like /predict
-            response = map_error(exc)
+        except Exception as exc:  # noqa: BLE001 - mapped like every relayed request
+            response = map_relay_error(exc, model)
         self.metrics.observe_request(model, runtime, status_label(response.status_code),
                                      time.perf_counter() - started)
         return response
