@@ -34,7 +34,7 @@ TRITON_STAMP := $(TRITON_VENV)/.installed
 TRITON_TORCH_SPEC ?= torch==2.13.0
 TRITON_SPEC  ?= nvidia-pytriton==0.7.0
 
-.PHONY: install vllm triton prometheus serve test clean-venv clean-vllm clean-triton
+.PHONY: install vllm triton prometheus chromium serve test clean-venv clean-vllm clean-triton
 
 install: $(STAMP)
 
@@ -85,10 +85,25 @@ prometheus:
 		exit 1; \
 	fi
 
+# Chromium: the dashboard's e2e test (tests/e2e/test_dashboard.py) renders the page in
+# Debian's headless chromium, driven by Playwright (pointed at that binary: Playwright's own
+# browser download needs a CDN this machine cannot reach).
+chromium:
+	@if command -v chromium >/dev/null 2>&1; then \
+		echo "chromium: $$(command -v chromium)"; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium fonts-dejavu-core || exit 1; \
+		command -v chromium >/dev/null || { echo "make chromium: installed, but no chromium on PATH" >&2; exit 1; }; \
+	else \
+		echo "make chromium: no \`chromium\` on PATH and not root. Install Debian's package:" >&2; \
+		echo "  sudo apt-get update && sudo apt-get install -y --no-install-recommends chromium" >&2; \
+		exit 1; \
+	fi
+
 serve: install vllm triton
 	$(BIN)/modelium serve --config modelium.yaml
 
-test: install vllm triton prometheus
+test: install vllm triton prometheus chromium
 	$(BIN)/python -m pytest
 
 clean-venv:

@@ -82,5 +82,8 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    from modelium.log_tail import install  # per-model lines for GET /models/NAME/logs
+
+    install()
     for noisy in ("uvicorn.access", "watchdog", "filelock", "urllib3"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

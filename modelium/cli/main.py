@@ -6,20 +6,27 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, NoReturn
+from urllib.parse import quote
 
 import typer
 
-from modelium.config import ConfigError, ModeliumSettings, default_settings_yaml, load_settings
+from modelium.cli.output import console, print_json, show
+from modelium.config import (
+    ConfigError,
+    ModeliumSettings,
+    default_settings_yaml,
+    load_settings,
+)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Modelium: drop a model folder in, get an inference endpoint out.")
 
-ConfigOption = Annotated[Optional[Path], typer.Option(
+ConfigOption = Annotated[Path | None, typer.Option(
     "--config", "-c", help="config file (default: $MODELIUM_CONFIG, else ./modelium.yaml)")]
-UrlOption = Annotated[Optional[str], typer.Option(
+UrlOption = Annotated[str | None, typer.Option(
     "--url", help="gateway URL (default: from the config's gateway host and port)")]
-ApiKeyOption = Annotated[Optional[str], typer.Option("--api-key", help="API key, if the gateway needs one")]
+ApiKeyOption = Annotated[str | None, typer.Option("--api-key", help="API key, if the gateway needs one")]
 
 
 def _settings(config: Path | None) -> ModeliumSettings:
@@ -41,14 +48,20 @@ def _client(config: Path | None, url: str | None, api_key: str | None):
     return GatewayClient(url, api_key)
 
 
+def _fail(message: str, code: int = 1) -> NoReturn:
+    """One line on stderr (a daemon's message may span lines), then exit ``code``."""
+    typer.echo(" ".join(message.split()), err=True)
+    raise typer.Exit(code)
+
+
 def _call(client, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    """The daemon's JSON answer, or one line and exit 1 (unreachable, or an HTTP error)."""
     from modelium.cli.client import GatewayError
 
     try:
         return client.request(method, path, body)
     except GatewayError as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(1) from exc
+        _fail(str(exc))
 
 
 @app.command()
@@ -82,7 +95,7 @@ def analyze(
     except (InvalidModelError, ValueError, OSError) as exc:
         typer.echo(f"cannot analyze {path}: {_one_line(exc)}", err=True)
         raise typer.Exit(2) from exc
-    except Exception as exc:  # noqa: BLE001 - one line, never a traceback, even for a bug
+    except Exception as exc:
         typer.echo(f"cannot analyze {path}: unexpected {type(exc).__name__}: {_one_line(exc)}",
                    err=True)
         raise typer.Exit(2) from exc
@@ -97,86 +110,213 @@ def _one_line(exc: BaseException) -> str:
     return text[:2000] if text else type(exc).__name__
 
 
+JsonOption = Annotated[bool, typer.Option("--json", help="print machine JSON only (no tables, no colour)")]
+
+
+def _model_path(model: str) -> str:
+    return f"/models/{quote(model, safe='')}"
+
+
 @app.command()
 def models(config: ConfigOption = None, url: UrlOption = None, api_key: ApiKeyOption = None,
-           as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """List models known to the running daemon."""
-    rows = _call(_client(config, url, api_key), "GET", "/models")["models"]
+           as_json: JsonOption = False) -> None:
+    """List every model the daemon knows: state, runtime, device, memory, why it failed."""
+    rows = _call(_client(config, url, api_key), "GET", "/models").get("models") or []
     if as_json:
-        typer.echo(json.dumps(rows, indent=2))
+        print_json(rows)
         return
-    typer.echo(f"{'NAME':<28} {'STATE':<10} {'RUNTIME':<10} {'DEVICE':<7} {'MEMORY':>9}  REASON")
-    for row in rows:
-        memory = row["memory"]["total_bytes"] / 2**30 if row.get("memory") else None
-        typer.echo(f"{row['name']:<28} {row['state']:<10} {row['runtime'] or '-':<10} "
-                   f"{row['device'] or '-':<7} {f'{memory:.2f} GiB' if memory else '-':>9}  "
-                   f"{row['reason'] or row['runtime_reason'] or ''}")
+    from modelium.cli.tables import models_table
+
+    show(models_table(rows))
 
 
 @app.command()
-def status(config: ConfigOption = None, url: UrlOption = None, api_key: ApiKeyOption = None) -> None:
-    """Show the daemon's devices, reservations, models and quarantined drops."""
-    typer.echo(json.dumps(_call(_client(config, url, api_key), "GET", "/status"), indent=2))
+def ps(config: ConfigOption = None, url: UrlOption = None, api_key: ApiKeyOption = None,
+       as_json: JsonOption = False) -> None:
+    """Loaded (and loading) models: memory, idle time and when idle unloading could take them."""
+    from modelium.cli.tables import ps_json, ps_table
+
+    client = _client(config, url, api_key)
+    rows = _call(client, "GET", "/models").get("models") or []
+    daemon_config = _call(client, "GET", "/status").get("config")
+    now = time.time()
+    if as_json:
+        print_json(ps_json(rows, daemon_config, now))
+        return
+    show(ps_table(rows, daemon_config, now))
+
+
+@app.command()
+def status(config: ConfigOption = None, url: UrlOption = None, api_key: ApiKeyOption = None,
+           as_json: JsonOption = False) -> None:
+    """Devices with memory bars, reservations, runtimes' health, the scheduler's work,
+    quarantined drops. `--json` prints GET /status as it is."""
+    client = _client(config, url, api_key)
+    answer = _call(client, "GET", "/status")
+    if as_json:
+        print_json(answer)
+        return
+    from modelium.cli.client import GatewayError
+    from modelium.cli.status_view import bar_width_for, status_view
+
+    rows = _call(client, "GET", "/models").get("models") or []
+    try:
+        health = client.probe("/health")[1]  # 503 while degraded: still worth showing
+    except GatewayError:
+        health = None
+    out = console()
+    out.print(status_view(answer, rows, health if isinstance(health, dict) else None,
+                          bar_width_for(out.width)))
+
+
+@app.command()
+def logs(
+    model: Annotated[str, typer.Argument(help="model name")],
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new lines until Ctrl-C")] = False,
+    lines: Annotated[int | None, typer.Option("--lines", "-n", min=0,
+                                                 help="only the last LINES lines kept (default: all)")] = None,
+    interval: Annotated[float, typer.Option("--interval", min=0.1, help="seconds between polls with -f")] = 1.0,
+    config: ConfigOption = None, url: UrlOption = None, api_key: ApiKeyOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """A model's log lines, oldest first; `-f` follows; `--json` prints one JSON line each."""
+    from modelium.cli.client import GatewayError
+    from modelium.cli.follow import follow_lines, kept_lines
+    from modelium.cli.tables import log_line
+
+    def emit(line: dict[str, Any]) -> None:
+        if as_json:
+            print_json(line, lines=True)
+        else:
+            typer.echo(log_line(line))
+
+    client = _client(config, url, api_key)
+    try:
+        first, after = kept_lines(client, model, lines)
+        for line in first:
+            emit(line)
+        if follow:
+            for line in follow_lines(client, model, after, interval=interval):
+                emit(line)
+    except GatewayError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
 
 
 @app.command()
 def predict(
     model: Annotated[str, typer.Argument(help="model name")],
     inputs: Annotated[list[str], typer.Argument(help="one or more input texts")],
-    param: Annotated[Optional[list[str]], typer.Option(
+    param: Annotated[list[str] | None, typer.Option(
         "--param", "-p", help="KEY=VALUE (VALUE parsed as JSON when it can be)")] = None,
     config: ConfigOption = None, url: UrlOption = None, api_key: ApiKeyOption = None,
+    as_json: JsonOption = False,
 ) -> None:
-    """Send one prediction request and print the answer."""
+    """Send one prediction request and print the answer (JSON either way)."""
     parameters: dict[str, Any] = {}
     for item in param or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            typer.echo(f"--param expects KEY=VALUE, got {item!r}", err=True)
-            raise typer.Exit(2)
+            _fail(f"--param expects KEY=VALUE, got {item!r}", 2)
         try:
             parameters[key] = json.loads(value)
         except ValueError:
             parameters[key] = value
     body = {"inputs": inputs[0] if len(inputs) == 1 else inputs, "parameters": parameters}
-    typer.echo(json.dumps(_call(_client(config, url, api_key), "POST", f"/predict/{model}", body), indent=2))
+    print_json(_call(_client(config, url, api_key), "POST", f"/predict/{quote(model, safe='')}", body))
 
 
 @app.command()
-def load(model: str, config: ConfigOption = None, url: UrlOption = None, api_key: ApiKeyOption = None) -> None:
-    """Load (or retry a failed) model now."""
-    typer.echo(json.dumps(_call(_client(config, url, api_key), "POST", f"/models/{model}/load"), indent=2))
+def load(model: str, config: ConfigOption = None, url: UrlOption = None, api_key: ApiKeyOption = None,
+         as_json: JsonOption = False) -> None:
+    """Load (or retry a failed) model now, showing its state until it is ready."""
+    from modelium.cli.fmt import human_duration
+    from modelium.cli.follow import load_with_progress
+
+    client = _client(config, url, api_key)
+    out = console()
+    try:
+        if as_json:
+            outcome = load_with_progress(client, model, lambda state, elapsed: None)
+        elif out.is_terminal:
+            with out.status(f"loading {model}...") as spinner:
+                outcome = load_with_progress(client, model, lambda state, elapsed: spinner.update(
+                    f"loading {model}: {state} ({human_duration(elapsed)})"))
+        else:
+            seen: list[str] = []
+
+            def plain(state: str, elapsed: float) -> None:
+                if not seen or seen[-1] != state:
+                    seen.append(state)
+                    typer.echo(f"{model}: {state} ({human_duration(elapsed)})")
+
+            outcome = load_with_progress(client, model, plain)
+    except KeyboardInterrupt:
+        _fail(f"interrupted; {model} goes on loading in the daemon (`modelium ps` shows it)", 130)
+    record = outcome.record or {}
+    if as_json and outcome.error is None:
+        print_json(record)
+    took = human_duration(outcome.seconds)
+    if outcome.error is not None:
+        reason = record.get("reason") if record.get("state") == "failed" else None
+        _fail(f"{model}: {reason or outcome.error} (after {took})")
+    if not outcome.ok:
+        _fail(f"{model}: {record.get('state', '?')} after {took}: {record.get('reason') or 'not ready'}")
+    if not as_json:
+        where = ", ".join(str(v) for v in (record.get("runtime"), record.get("device")) if v)
+        typer.echo(f"{model}: ready in {took}" + (f" ({where})" if where else ""))
+
+
+def _act(model: str, action: str, config: Path | None, url: str | None, api_key: str | None,
+         as_json: bool) -> None:
+    """POST /models/NAME/ACTION and say what the model is now."""
+    record = _call(_client(config, url, api_key), "POST", f"{_model_path(model)}/{action}")
+    if as_json:
+        print_json(record)
+        return
+    pinned = " (pinned)" if record.get("pinned") else ""
+    done = {"unload": "unloaded", "pin": "pinned", "unpin": "unpinned"}.get(action, action)
+    typer.echo(f"{model}: {done}, now {record.get('state', '?')}{pinned}")
 
 
 @app.command()
-def unload(model: str, config: ConfigOption = None, url: UrlOption = None, api_key: ApiKeyOption = None) -> None:
+def unload(model: str, config: ConfigOption = None, url: UrlOption = None, api_key: ApiKeyOption = None,
+           as_json: JsonOption = False) -> None:
     """Unload a model (it is loaded again on its next request)."""
-    typer.echo(json.dumps(_call(_client(config, url, api_key), "POST", f"/models/{model}/unload"), indent=2))
+    _act(model, "unload", config, url, api_key, as_json)
 
 
 @app.command()
-def pin(model: str, config: ConfigOption = None, url: UrlOption = None, api_key: ApiKeyOption = None) -> None:
+def pin(model: str, config: ConfigOption = None, url: UrlOption = None, api_key: ApiKeyOption = None,
+        as_json: JsonOption = False) -> None:
     """Pin a model: never evicted or unloaded for idleness."""
-    typer.echo(json.dumps(_call(_client(config, url, api_key), "POST", f"/models/{model}/pin"), indent=2))
+    _act(model, "pin", config, url, api_key, as_json)
 
 
 @app.command()
-def unpin(model: str, config: ConfigOption = None, url: UrlOption = None, api_key: ApiKeyOption = None) -> None:
+def unpin(model: str, config: ConfigOption = None, url: UrlOption = None, api_key: ApiKeyOption = None,
+          as_json: JsonOption = False) -> None:
     """Unpin a model."""
-    typer.echo(json.dumps(_call(_client(config, url, api_key), "POST", f"/models/{model}/unpin"), indent=2))
+    _act(model, "unpin", config, url, api_key, as_json)
 
 
 @app.command()
 def decisions(
-    model: Annotated[Optional[str], typer.Argument(help="only this model")] = None,
+    model: Annotated[str | None, typer.Argument(help="only this model")] = None,
     limit: Annotated[int, typer.Option("--limit", "-n")] = 20,
     config: ConfigOption = None, url: UrlOption = None, api_key: ApiKeyOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """What the brain decided recently, newest first, and why."""
-    query = f"/decisions?limit={limit}" + (f"&model={model}" if model else "")
-    for entry in _call(_client(config, url, api_key), "GET", query)["decisions"]:
-        stamp = time.strftime("%H:%M:%S", time.localtime(entry["time"]))
-        typer.echo(f"{stamp} {entry['action']:<15} {entry['model']:<24} {entry['reason']}")
+    query = f"/decisions?limit={limit}" + (f"&model={quote(model, safe='')}" if model else "")
+    entries = _call(_client(config, url, api_key), "GET", query).get("decisions") or []
+    if as_json:
+        print_json(entries)
+        return
+    from modelium.cli.tables import decisions_table
+
+    show(decisions_table(entries))
 
 
 @app.command()

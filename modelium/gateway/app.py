@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from modelium import __version__
 from modelium.config.settings import is_loopback_host
 from modelium.gateway.auth import api_key_checker, key_is_valid
+from modelium.gateway.dashboard import add_dashboard_routes
 from modelium.gateway.errors import (
     CLIENT_GONE_STATUS,
     describe_problem,
@@ -36,6 +37,7 @@ from modelium.gateway.limits import BodyLimit, ClientGone, check_batch, unless_c
 from modelium.gateway.request_ids import RequestIds, current_request_id, new_request_id
 from modelium.gateway.request_options import request_options
 from modelium.gateway.schemas import PredictRequest
+from modelium.log_tail import TAIL, ModelLogTail
 from modelium.metrics import ModeliumMetrics
 from modelium.orchestrator import Orchestrator, UnknownModelError
 
@@ -52,11 +54,14 @@ def create_app(
     metrics: ModeliumMetrics,
     *,
     http_client_factory: Callable[[], httpx.AsyncClient] | None = None,
+    log_tail: ModelLogTail | None = None,
 ) -> FastAPI:
     """Build the gateway for one orchestrator (tests build it around fakes).
 
     ``http_client_factory`` makes the one shared client used to reach runtimes' own HTTP
     servers (vLLM); it is created on first use and closed when the app shuts down.
+    ``log_tail`` holds the per-model lines of `GET /models/NAME/logs` (default: the
+    process's own, which `configure_logging` puts on the root logger).
     """
     # Imported here: openai.py uses this module's error helpers.
     from modelium.gateway.openai import UpstreamClient, add_openai_routes, generated_token_count
@@ -224,6 +229,8 @@ def create_app(
             "request_id": request_id,
         }
 
+    add_dashboard_routes(app, orchestrator, metrics, log_tail if log_tail is not None else TAIL,
+                         dependencies=[authorized])
     add_kserve_routes(app, orchestrator, metrics, dependencies=[authorized])
     add_job_routes(app, orchestrator, dependencies=[authorized])
     add_embeddings_routes(app, orchestrator, metrics, upstream, dependencies=[authorized])  # /v1/models: before openai's

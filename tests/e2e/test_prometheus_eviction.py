@@ -13,8 +13,6 @@ the local counters (fallback).
 from __future__ import annotations
 
 import shutil
-import signal
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -23,14 +21,13 @@ from pathlib import Path
 
 import pytest
 import requests
-import yaml
 
-from tests.e2e.daemon_harness import free_port, running_daemon, wait_for
+from tests.e2e.daemon_harness import free_port, running_daemon
 from tests.e2e.fixtures_triton import make_python_model_with_config
+from tests.e2e.prometheus_server import FAST_GLOBAL, PrometheusServer
 
 pytestmark = pytest.mark.e2e
 
-PROMETHEUS = shutil.which("prometheus")
 IDLE_AFTER = 6  # orchestration.auto_unload_after_seconds
 MIN_QPS = 0.5
 WINDOW = 5  # metrics.qps_window_seconds = the rate() range: 5x the 1 s scrape interval
@@ -78,53 +75,16 @@ class _OtherGateway:
         self.server.server_close()
 
 
-class _Prometheus:
-    def __init__(self, home: Path, targets: dict[str, int]) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = {
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s",
-                       "scrape_timeout": "900ms"},
-            "scrape_configs": [
-                {"job_name": job, "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}
-                for job, port in targets.items()
-            ],
-        }
-        (home / "prometheus.yml").write_text(yaml.safe_dump(config))
-        self.log = home / "prometheus.log"
-        with self.log.open("wb") as log:
-            self.process = subprocess.Popen(
-                [PROMETHEUS, f"--config.file={home / 'prometheus.yml'}",
-                 f"--storage.tsdb.path={home / 'prometheus-data'}",
-                 f"--web.listen-address=127.0.0.1:{self.port}"],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )
-
-    def query(self, promql: str) -> list[dict]:
-        answer = requests.get(f"{self.url}/api/v1/query", params={"query": promql}, timeout=5).json()
-        assert answer["status"] == "success", answer
-        return answer["data"]["result"]
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-
-
 @pytest.fixture
-def prometheus_setup(tmp_path: Path) -> Iterator[tuple[_Prometheus, _OtherGateway, int]]:
-    if PROMETHEUS is None:
-        pytest.fail("no `prometheus` binary on PATH: run `make prometheus` (Debian's package)")
+def prometheus_setup(tmp_path: Path) -> Iterator[tuple[PrometheusServer, _OtherGateway, int]]:
     gateway_port = free_port()
     other = _OtherGateway("quiet", OTHER_GATEWAY_QPS)
-    prometheus = _Prometheus(tmp_path, {"modelium": gateway_port, "other-gateway": other.port})
+    targets = {"modelium": gateway_port, "other-gateway": other.port}
+    prometheus = PrometheusServer(tmp_path, {"global": FAST_GLOBAL, "scrape_configs": [
+        {"job_name": job, "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}
+        for job, port in targets.items()]})
     try:
-        wait_for(lambda: requests.get(f"{prometheus.url}/-/ready", timeout=2).status_code == 200,
-                 60, "prometheus ready", prometheus.log)
+        prometheus.wait_ready()
         yield prometheus, other, gateway_port
     finally:
         prometheus.stop()
@@ -140,7 +100,7 @@ def _idle_unload(url: str, model: str) -> dict | None:
     return next((d for d in _decisions(url, model) if d["action"] == "idle_unload"), None)
 
 
-def _qps(prometheus: _Prometheus, model: str) -> float:
+def _qps(prometheus: PrometheusServer, model: str) -> float:
     result = prometheus.query(
         f'sum by (model) (rate(modelium_requests_total{{model="{model}"}}[{WINDOW}s]))')
     return float(result[0]["value"][1]) if result else 0.0
