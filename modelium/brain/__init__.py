@@ -23,6 +23,7 @@ from modelium.brain.victims import (
     blocked_reason,
     idle_unload_candidates,
     plan_room,
+    reachable_slack,
     swap_verdict,
 )
 
@@ -45,6 +46,7 @@ __all__ = [
     "idle_unload_candidates",
     "place",
     "plan_room",
+    "reachable_slack",
     "swap_verdict",
     "usable_bytes",
 ]

@@ -47,8 +47,10 @@ class MemoryViews:
                 queued=ctx.admission.queued(record.name),
                 rate=self.rate_of(record, now),
                 reload_seconds=self.reload_seconds(record),
-                resident_seconds=(now - record.loaded_at) if record.loaded_at is not None
-                and record.served_since_load else math.inf,
+                # From ready, not from its first admitted request: waiters handed a slot at
+                # ready resume only after the scheduler's next decision, and a window
+                # counted from them let an urgent swap evict the model before it served.
+                resident_seconds=now - record.loaded_at if record.loaded_at is not None else math.inf,
                 idle_seconds=ctx.metric_source.idle_seconds(record.name),
                 last_used=record.usage.last_used if record.usage.last_used is not None else -math.inf,
                 loaded_at=record.loaded_at if record.loaded_at is not None else now,

@@ -240,7 +240,6 @@ class Orchestrator:
             self.metrics.count_rejected(name)
             raise
         record = self.table.get(name)
-        record.served_since_load += 1
         if cold:
             self.metrics.observe_cold_start(name, record.runtime or "", self.clock() - now)
         self.metrics.request_started(name)

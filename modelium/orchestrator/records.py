@@ -116,7 +116,6 @@ class ModelRecord:
     load_count: int = 0
     generation: int = 0  # bumped when a load starts: tells the supervisor a snapshot is stale
     loaded_at: float | None = None  # monotonic, for the minimum residency window
-    served_since_load: int = 0  # requests admitted since it became ready
     loaded_at_wall: float | None = None
     draining_since: float | None = None  # monotonic
     hold: str | None = None  # an operation (re-drop) that owns the record: no loads meanwhile

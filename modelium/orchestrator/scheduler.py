@@ -40,6 +40,7 @@ from modelium.brain import (
     idle_unload_candidates,
     place,
     plan_room,
+    reachable_slack,
     swap_verdict,
 )
 from modelium.logs import current_request_id
@@ -305,15 +306,15 @@ class Scheduler(MemoryViews, Transitions):
         waiters = ctx.admission.waiters(record.name)
         intent = self.intents.get(record.name)
         deadlines = [w.deadline for w in waiters] + ([intent.deadline] if intent else [])
-        slack = min(deadlines) - now if deadlines else math.inf
         drain = max((self._service_seconds(v.name) for v in plan.victims if v.in_flight), default=0.0)
         unload = max((ctx.table.get(v.name).costs.unload_seconds or 0.0 for v in plan.victims), default=0.0)
+        ready_in = drain + unload + self.reload_seconds(record)
         return Demand(
             name=record.name,
             queued=len(waiters),
             debt_seconds=sum(now - w.enqueued_at for w in waiters),
-            slack_seconds=slack,
-            ready_in_seconds=drain + unload + self.reload_seconds(record),
+            slack_seconds=reachable_slack(deadlines, now, ready_in),
+            ready_in_seconds=ready_in,
             explicit=bool(intent and intent.explicit) or record.pinned,
         )
 

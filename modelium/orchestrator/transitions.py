@@ -157,7 +157,7 @@ class Transitions:
             runtime = record.runtime or ""
             self._runtime_load_seconds[runtime] = ema(self._runtime_load_seconds.get(runtime), seconds)
             record.load_count += 1
-        record.loaded_at, record.served_since_load = now, 0
+        record.loaded_at = now
         record.loaded_at_wall = ctx.metrics.wall_time()
         manager = ctx.managers[record.runtime or ""]
         record.endpoint = manager.openai_base_url(record.instance)

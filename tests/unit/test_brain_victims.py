@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from modelium.brain import Demand, Resident, idle_unload_candidates, plan_room, swap_verdict
+from modelium.brain import Demand, Resident, idle_unload_candidates, plan_room, reachable_slack, swap_verdict
 from modelium.hardware import GIB, Device
 
 
@@ -103,13 +103,45 @@ def test_hot_victim_waits_for_demand_to_amortise_then_swaps() -> None:
 
 
 def test_urgency_overrides_protection_and_amortisation() -> None:
-    chosen = plan(2, [res("fresh", 2, rate=9, resident=1, queued=1)], min_residency_seconds=30,
+    chosen = plan(2, [res("fresh", 2, rate=9, resident=1, in_flight=1)], min_residency_seconds=30,
                   allow_protected=True)
     relaxed = swap_verdict(_demand(slack_seconds=100), chosen, amortization=1.0, urgency_margin_seconds=2)
     assert not relaxed.go and "minimum residency" in relaxed.reason
     assert math.isclose(relaxed.recheck_in, 29.0)  # its window ends before the deadline nears
     urgent = swap_verdict(_demand(slack_seconds=3.5), chosen, amortization=1.0, urgency_margin_seconds=2)
-    assert urgent.go and "swapping now" in urgent.reason
+    assert urgent.go and "swapping now" in urgent.reason  # its in-flight request finishes first
+
+
+def test_a_deadline_no_swap_can_meet_does_not_make_it_urgent() -> None:
+    # The swap takes 12 s: a waiter with 0.1 s left is lost either way, one with 15 s is not.
+    assert reachable_slack([100.1, 130.0], now=100.0, ready_in_seconds=12.0) == 30.0
+    assert reachable_slack([100.1], now=100.0, ready_in_seconds=12.0) == math.inf
+    assert reachable_slack([], now=100.0, ready_in_seconds=12.0) == math.inf
+    assert reachable_slack([112.0], now=100.0, ready_in_seconds=12.0) == 12.0  # just in time still counts
+    # So a protected model that just loaded is not evicted for a request it cannot save.
+    chosen = plan(2, [res("fresh", 2, rate=9, resident=1, queued=1)], min_residency_seconds=30,
+                  allow_protected=True)
+    lost = _demand(slack_seconds=reachable_slack([100.1], now=100.0, ready_in_seconds=12.0),
+                   ready_in_seconds=12.0)
+    verdict = swap_verdict(lost, chosen, amortization=1.0, urgency_margin_seconds=2)
+    assert not verdict.go and "minimum residency" in verdict.reason
+
+
+def test_urgency_does_not_evict_a_fresh_model_with_its_own_queue() -> None:
+    # Just loaded with 40 of its own requests queued: evicting it for another model's
+    # urgent request would send those 40 back to wait for yet another swap.
+    busy = plan(2, [res("fresh", 2, rate=9, resident=1, queued=40)], min_residency_seconds=30,
+                allow_protected=True)
+    assert busy.protected_queue() == 40
+    verdict = swap_verdict(_demand(queued=100, slack_seconds=3.5), busy, amortization=1.0,
+                           urgency_margin_seconds=2)
+    assert not verdict.go and "40 request(s) of its own queued" in verdict.reason
+    assert math.isclose(verdict.recheck_in, 29.0)  # decided again when its window ends
+    # Outside its window the same victim is weighed as usual: urgency swaps.
+    settled = plan(2, [res("old", 2, rate=9, resident=100, queued=40)], min_residency_seconds=30)
+    assert settled.protected_queue() == 0
+    assert swap_verdict(_demand(queued=3, slack_seconds=3.5), settled, amortization=1.0,
+                        urgency_margin_seconds=2).go
 
 
 def test_explicit_loads_do_not_wait() -> None:

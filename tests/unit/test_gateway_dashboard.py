@@ -17,13 +17,13 @@ from modelium.log_tail import ModelLogTail
 from modelium.metrics import ModeliumMetrics
 from modelium.orchestrator import Orchestrator
 from tests.unit.fakes import FakeManager, make_config_only_model
+from tests.unit.log_capture import modelium_logs_at_info
 
 
 @pytest.fixture
-def gateway(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+def gateway(tmp_path: Path):
     """(client, tail): a started gateway whose log tail listens to the root logger (at INFO,
-    as the daemon logs; caplog restores the level)."""
-    caplog.set_level(logging.INFO)
+    as the daemon logs)."""
     stack = contextlib.ExitStack()
 
     def build(**config) -> tuple[TestClient, ModelLogTail]:
@@ -32,10 +32,7 @@ def gateway(tmp_path: Path, caplog: pytest.LogCaptureFixture):
         inventory = Inventory(devices=(Device("gpu:0", "gpu", 0, 8 * GIB, "simulated"),), source="configured")
         metrics = ModeliumMetrics()
         orchestrator = Orchestrator(settings, {"ray_serve": FakeManager()}, inventory, MemoryLedger(), metrics)
-        tail = ModelLogTail(lines_per_model=50)
-        root = logging.getLogger()
-        root.addHandler(tail)
-        stack.callback(root.removeHandler, tail)
+        tail = stack.enter_context(modelium_logs_at_info(ModelLogTail(lines_per_model=50)))
         client = stack.enter_context(TestClient(create_app(orchestrator, metrics, log_tail=tail)))
         client.portal.call(orchestrator.start)
         client.portal.call(orchestrator.quiesce)

@@ -28,6 +28,7 @@ from modelium.metrics import ModeliumMetrics
 from modelium.orchestrator import Orchestrator
 from modelium.runtimes.triton.client import TritonClient
 from tests.unit.fakes import FakeManager, make_config_only_model
+from tests.unit.log_capture import modelium_logs_at_info
 
 
 class Captured(logging.Handler):
@@ -47,25 +48,8 @@ class Captured(logging.Handler):
 
 @pytest.fixture
 def captured():
-    handler = Captured()
-    root = logging.getLogger()
-    old_level = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-    # Another test's dictConfig (disable_existing_loggers) may have switched ours off.
-    disabled = [logger for name, logger in logging.root.manager.loggerDict.items()
-                if name.startswith("modelium") and isinstance(logger, logging.Logger) and logger.disabled]
-    for logger in disabled:
-        logger.disabled = False
-    ours = logging.getLogger("modelium")  # the simulator (bench/) quiets it
-    our_level = ours.level
-    ours.setLevel(logging.INFO)
-    yield handler
-    ours.setLevel(our_level)
-    for logger in disabled:
-        logger.disabled = True
-    root.removeHandler(handler)
-    root.setLevel(old_level)
+    with modelium_logs_at_info(Captured()) as handler:
+        yield handler
 
 
 @pytest.fixture

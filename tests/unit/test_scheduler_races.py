@@ -218,3 +218,40 @@ async def test_not_loaded_answer_while_the_runtime_still_has_the_model_is_not_a_
             pass
     record = orchestrator.get("m")
     assert record.state == S.READY and record.crash_times == [] and record.load_count == 1
+
+
+async def test_a_model_that_just_became_ready_with_a_queue_is_not_evicted_for_an_urgent_one(tmp_path):
+    """The thrash measured with 1,000 users (docs/load-testing.md): ``a`` becomes ready with
+    its queue full; in the same instant, before any of its waiters has resumed from the
+    admission await, ``b``'s urgent waiters asked for a swap, and ``a`` was evicted having
+    served nothing (its residency window was not counted until a request had resumed).
+    ``a`` must keep serving its queue through its window."""
+    sizes = await sized(tmp_path, {"a": {}, "b": {}})
+    orchestrator, manager = build(tmp_path, gpu_bytes=sizes["a"] + sizes["b"] // 2, orchestration={
+        "max_gpu_memory_utilization": 1.0, "max_concurrent_requests": 1,
+        "scheduler": {"min_residency_seconds": 30}})
+    await orchestrator.start()
+    await add(orchestrator, tmp_path, "b")
+    await orchestrator.add_model("a", make_config_only_model(tmp_path / "models/repository/a"), load=False)
+    manager.gates["load", "a"] = a_load = asyncio.Event()
+    manager.gates["infer", "a"] = a_infer = asyncio.Event()
+    a_requests = [asyncio.ensure_future(orchestrator.predict("a", f"a{i}", {}, wait_seconds=60))
+                  for i in range(3)]
+    await until(lambda: ("load", "a") in manager.entered)  # b evicted (idle), a loading
+    # b's users arrive while a loads: their 3 s budget (urgency margin 2 s) makes them urgent at once.
+    b_requests = [asyncio.ensure_future(orchestrator.predict("b", f"b{i}", {}, wait_seconds=3.0))
+                  for i in range(2)]
+    await asyncio.sleep(0.01)
+    a_load.set()
+    await until(lambda: orchestrator.get("a").state == S.READY)
+    await until(lambda: ("infer", "a") in manager.entered)
+    await orchestrator.tick()
+    await asyncio.sleep(0.05)
+    assert orchestrator.get("a").state == S.READY, orchestrator.get("a").reason
+    held = [d for d in orchestrator.decisions.newest(50, model="b") if "of its own queued" in d["reason"]]
+    assert held, "\n".join(f"{d['model']} {d['action']}: {d['reason']}" for d in orchestrator.decisions.newest(10))
+    a_infer.set()
+    answers = await asyncio.wait_for(asyncio.gather(*a_requests), 5)
+    assert [out["echo"] for _, out in answers] == ["a0", "a1", "a2"]  # a served its whole queue
+    await asyncio.gather(*b_requests, return_exceptions=True)
+    await orchestrator.quiesce()
