@@ -21,8 +21,8 @@ class SchedulerSettings(Section):
     )
     min_residency_seconds: float = Field(
         default=30.0, ge=0,
-        description="A model just loaded serves at least this long before it may be evicted, "
-        "unless a waiting request would otherwise miss its deadline.",
+        description="A model just loaded serves at least this long (from ready) before it may be "
+        "evicted, unless a waiting request would otherwise miss its deadline and nothing is queued for it.",
     )
     amortization: float = Field(
         default=1.0, ge=0,
