@@ -14,6 +14,7 @@ import httpx
 
 from modelium.runtimes.base import RuntimeUnavailableError
 from modelium.runtimes.errors import BadRequestError
+from modelium.runtimes.predictor_requests import validate_inputs
 
 DEFAULT_MAX_NEW_TOKENS = 64
 MAX_NEW_TOKENS_CAP = 32768
@@ -120,14 +121,6 @@ def sampling(params: Mapping[str, Any]) -> dict[str, Any]:
     else:
         body["temperature"] = 0.0
     return body
-
-
-def validate_inputs(inputs: Any) -> tuple[list[str], bool]:
-    if isinstance(inputs, str):
-        return [inputs], True
-    if isinstance(inputs, list) and inputs and all(isinstance(x, str) for x in inputs):
-        return list(inputs), False
-    raise BadRequestError("inputs must be a string or a non-empty list of strings")
 
 
 def validate_conversations(inputs: Any) -> tuple[list[list[dict[str, str]]], bool]:
